@@ -1,0 +1,41 @@
+# Two commands a new user needs: `make demo` (set up + main job) and `make test` (set up + checks + tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test check lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+# torch goes in first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dml-dist train configs/quickstart.yaml --run-dir runs/quickstart
+
+check: lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check dml_dist tests
+	$(BIN)/ruff format --check dml_dist tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy dml_dist
+
+test: check
+	$(BIN)/pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/dml-dist bench losses --json runs/bench-losses.json
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""``dml-dist bench`` suites: each prints a table and returns figures for ``--json``."""

@@ -1,0 +1,144 @@
+"""Load, override and save experiment configs.
+
+``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``, applies ``--set a.b=c``
+overrides (values parsed as YAML scalars), builds the typed dataclasses and validates them once.
+Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from dml_dist.config.schema import ExperimentConfig, LossConfig
+
+T = TypeVar("T")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or the defaults when ``path`` is None) and validate it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        raw = loaded or {}
+    raw = apply_overrides(raw, overrides or [])
+    config = from_dict(ExperimentConfig, raw, prefix="")
+    config.validate()
+    return config
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    result = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value, for example train.steps=100")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: value is not valid YAML: {err}") from err
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain data, in the same shape the YAML files use."""
+    data = dataclasses.asdict(config)
+    loss = data["loss"]
+    data["loss"] = {"name": loss["name"], **loss["params"]}
+    return data
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (``load_config`` reads it back unchanged)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def from_dict(cls: type[T], raw: Any, prefix: str) -> T:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
+    if cls is LossConfig:
+        return typing.cast(T, _loss_from_dict(raw, prefix))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"{prefix}{unknown[0]}: unknown key; valid keys: {', '.join(sorted(fields))}")
+    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _loss_from_dict(raw: Any, prefix: str) -> LossConfig:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{prefix.rstrip('.')}: expected a mapping with a name, got {raw!r}")
+    raw = dict(raw)
+    params = raw.pop("params", {}) or {}
+    name = raw.pop("name", LossConfig.name)
+    if not isinstance(name, str):
+        raise ValueError(f"{prefix}name: expected a string, got {name!r}")
+    return LossConfig(name=name, params={**params, **raw})
+
+
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, name)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, prefix=f"{name}.")  # type: ignore[arg-type]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}

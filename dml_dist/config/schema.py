@@ -1,0 +1,219 @@
+"""The experiment schema: one dataclass per part of the system, a docstring line per field.
+
+Only plain data lives here (numbers, strings, lists); runtime objects (Ray handles, engines)
+are passed to build steps, never stored in config. Cross-field checks that need no data on
+disk live in ``ExperimentConfig.validate``; checks that need the data set (N against the number
+of training classes) run where the data set is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEEPSPEED_OPTIMIZERS = ("adam", "adamw", "adagrad", "lamb", "lion")
+
+
+@dataclass
+class ProceduralDataConfig:
+    """The built-in procedural glyph data set (used when no shards are given)."""
+
+    num_classes: int = 2400
+    """Total number of glyph classes (train + held-out)."""
+    num_test_classes: int = 400
+    """Classes held out for retrieval evaluation; disjoint from the training classes."""
+    images_per_class: int = 12
+    """Drawings per class, each with its own affine warp, stroke jitter and noise."""
+    image_size: int = 32
+    """Side of the square grayscale images, in pixels."""
+    seed: int = 1234
+    """Seed of the generator; the data set is a pure function of these fields."""
+
+
+@dataclass
+class DataConfig:
+    """Where training and evaluation images come from."""
+
+    train_shards: str | None = None
+    """Directory of training WebDataset shards with ``class_index.json``; null = procedural."""
+    eval_shards: str | None = None
+    """Directory of held-out shards for retrieval; null = the procedural test split."""
+    cache_dir: str = "data/cache"
+    """Where the procedural data set is written once and reused."""
+    samples_per_shard: int = 2000
+    """Samples per tar shard when writing shards."""
+    procedural: ProceduralDataConfig = field(default_factory=ProceduralDataConfig)
+
+
+@dataclass
+class BatchConfig:
+    """The global batch: N classes x K images per class, split across all workers."""
+
+    num_classes: int = 320
+    """N: distinct classes in every global batch (N-pair: the number of tuplets)."""
+    images_per_class: int = 2
+    """K: images per class (2 for N-pair batch construction)."""
+
+
+@dataclass
+class ModelConfig:
+    """The embedding network."""
+
+    backbone: str = "small_cnn"
+    """Backbone name; ``small_cnn`` is a GroupNorm conv net for small grayscale images."""
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    """Output channels of the conv stages (each stage halves the resolution)."""
+    embedding_dim: int = 128
+    """D: size of the embedding produced by the linear head."""
+
+
+@dataclass
+class LossConfig:
+    """The loss, chosen by name; any other key is a hyperparameter of that loss."""
+
+    name: str = "npair_mc"
+    """Registered loss name (see ``dml_dist.losses.LOSSES``)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters passed to the loss constructor (YAML: keys beside ``name``)."""
+
+
+@dataclass
+class MiningConfig:
+    """The hard-negative-class mining service (Sohn 2016, section 3.2)."""
+
+    enabled: bool = True
+    """Choose batch classes by hard-negative-class mining; false = random classes."""
+    random_share: float = 0.25
+    """Share of each batch's classes drawn at random, for exploration."""
+    warmup_coverage: float = 0.9
+    """Random classes until this share of training classes has an embedding in the bank."""
+    momentum: float = 0.5
+    """Bank update: new = normalize(momentum * old + (1 - momentum) * observed)."""
+    timeout_s: float = 2.0
+    """Longest wait for the service's answer before falling back to random classes."""
+
+
+@dataclass
+class EngineConfig:
+    """The DeepSpeed engine: optimizer, ZeRO stage and precision."""
+
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (0, 1, 2 or 3)."""
+    optimizer: str = "AdamW"
+    """DeepSpeed optimizer type (AdamW, Adam, SGD)."""
+    lr: float = 1e-3
+    """Learning rate."""
+    weight_decay: float = 1e-4
+    """Decoupled weight decay (AdamW) or L2 (others)."""
+    precision: str = "auto"
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    gradient_clipping: float = 0.0
+    """Clip the global gradient norm to this value; 0 = off."""
+
+
+@dataclass
+class TrainConfig:
+    """The training run."""
+
+    steps: int = 300
+    """Optimizer steps."""
+    workers: int = 2
+    """Ray Train workers (one per GPU, or one per CPU slot)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL) instead of CPU workers (gloo)."""
+    seed: int = 0
+    """Seed of model init, sampler and mining."""
+    log_every: int = 10
+    """Write a ``metrics.jsonl`` row and print every this many steps."""
+    eval_every: int = 100
+    """Evaluate retrieval every this many steps (and always at the end); 0 = only at the end."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many steps (and always at the end); 0 = only at the end."""
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation on held-out classes (faiss)."""
+
+    recall_at: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """The K of Recall@K."""
+    batch_size: int = 512
+    """Images per forward pass when embedding the evaluation set."""
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus metrics served by every worker."""
+
+    enabled: bool = True
+    """Serve metrics over HTTP; false = a null sink."""
+    host: str = "127.0.0.1"
+    """Address the metrics endpoints bind to."""
+    port: int = 0
+    """Port of rank 0; rank r uses port + r. 0 = any free port."""
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment, as written in ``configs/*.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        """Check field ranges and cross-field rules; raise ``ValueError`` naming the field."""
+        _positive("batch.num_classes", self.batch.num_classes)
+        _at_least("batch.images_per_class", self.batch.images_per_class, 2)
+        _positive("train.steps", self.train.steps)
+        _positive("train.workers", self.train.workers)
+        _positive("model.embedding_dim", self.model.embedding_dim)
+        _positive("eval.batch_size", self.eval.batch_size)
+        _positive("data.samples_per_shard", self.data.samples_per_shard)
+        if not self.model.channels or any(c <= 0 for c in self.model.channels):
+            raise ValueError(f"model.channels: expected a non-empty list of positive ints, got {self.model.channels}")
+        if not self.eval.recall_at or any(k <= 0 for k in self.eval.recall_at):
+            raise ValueError(f"eval.recall_at: expected positive ints, got {self.eval.recall_at}")
+        if self.batch.num_classes % self.train.workers != 0:
+            raise ValueError(
+                f"batch.num_classes: the global batch of {self.batch.num_classes} classes must divide "
+                f"evenly among train.workers={self.train.workers} workers"
+            )
+        if self.engine.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"engine.zero_stage: expected 0, 1, 2 or 3, got {self.engine.zero_stage}")
+        if self.engine.optimizer.lower() not in DEEPSPEED_OPTIMIZERS:
+            raise ValueError(
+                f"engine.optimizer: unknown optimizer {self.engine.optimizer!r}; valid: {', '.join(DEEPSPEED_OPTIMIZERS)}"
+            )
+        if self.engine.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"engine.precision: expected auto, fp32 or bf16, got {self.engine.precision!r}")
+        if not 0.0 <= self.mining.random_share <= 1.0:
+            raise ValueError(f"mining.random_share: expected a value in [0, 1], got {self.mining.random_share}")
+        if not 0.0 <= self.mining.momentum < 1.0:
+            raise ValueError(f"mining.momentum: expected a value in [0, 1), got {self.mining.momentum}")
+        if self.mining.timeout_s <= 0:
+            raise ValueError(f"mining.timeout_s: expected a positive number of seconds, got {self.mining.timeout_s}")
+        proc = self.data.procedural
+        _at_least("data.procedural.images_per_class", proc.images_per_class, 2)
+        _at_least("data.procedural.image_size", proc.image_size, 16)
+        if not 0 < proc.num_test_classes < proc.num_classes:
+            raise ValueError(
+                f"data.procedural.num_test_classes: expected between 1 and num_classes - 1 "
+                f"({proc.num_classes - 1}), got {proc.num_test_classes}"
+            )
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{name}: expected at least {low}, got {value}")

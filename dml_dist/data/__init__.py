@@ -1,0 +1,1 @@
+"""Data: the procedural glyph set, WebDataset shards with a class index, the class-driven sampler."""

@@ -1,0 +1,84 @@
+"""Resolve the configured data into shard directories, generating the procedural set once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dml_dist.config.schema import DataConfig, ProceduralDataConfig
+from dml_dist.data.procedural import render_png, split_classes
+from dml_dist.data.shards import Sample, is_complete, write_shards
+
+_GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Shard directories of one experiment: training classes and held-out classes."""
+
+    train: Path
+    eval: Path
+
+
+def resolve_data(config: DataConfig) -> DataPaths:
+    """The train and eval shard directories, writing the procedural set when it is not cached."""
+    procedural = None
+    if config.train_shards is None or config.eval_shards is None:
+        procedural = ensure_procedural(config.procedural, Path(config.cache_dir), config.samples_per_shard)
+    train = Path(config.train_shards) if config.train_shards else procedural_split(procedural, "train")
+    evaluation = Path(config.eval_shards) if config.eval_shards else procedural_split(procedural, "test")
+    for field, path in (("data.train_shards", train), ("data.eval_shards", evaluation)):
+        if not is_complete(path):
+            raise ValueError(f"{field}: {path} is not a shard directory (expected {path}/manifest.json)")
+    return DataPaths(train=train.resolve(), eval=evaluation.resolve())
+
+
+def procedural_split(root: Path | None, split: str) -> Path:
+    assert root is not None
+    return root / split
+
+
+def procedural_root(config: ProceduralDataConfig, cache_dir: Path) -> Path:
+    """Cache directory named by a hash of the generator's parameters."""
+    fingerprint = json.dumps({"version": _GENERATOR_VERSION, **asdict(config)}, sort_keys=True)
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    return cache_dir / f"procedural-{digest}"
+
+
+def ensure_procedural(config: ProceduralDataConfig, cache_dir: Path, samples_per_shard: int) -> Path:
+    """Write the procedural train/test shards under ``cache_dir`` unless already complete."""
+    root = procedural_root(config, cache_dir)
+    train_ids, test_ids = split_classes(config)
+    for split, class_ids in (("train", train_ids), ("test", test_ids)):
+        if is_complete(root / split):
+            continue
+        total = len(class_ids) * config.images_per_class
+        print(f"data: writing procedural {split} split ({len(class_ids)} classes, {total} images) to {root / split}")
+        write_shards(
+            procedural_samples(config, class_ids),
+            root / split,
+            samples_per_shard,
+            source={"format": "procedural", "split": split, **asdict(config)},
+            progress=_progress_printer(total),
+        )
+    return root
+
+
+def procedural_samples(config: ProceduralDataConfig, class_ids: list[int]) -> Iterator[Sample]:
+    for class_id in class_ids:
+        for index in range(config.images_per_class):
+            yield Sample(label=class_id, key=f"c{class_id:06d}_{index:04d}", png=render_png(config, class_id, index))
+
+
+def _progress_printer(total: int):  # type: ignore[no-untyped-def]
+    step = max(1, total // 10)
+
+    def report(done: int) -> None:
+        if done % step == 0 or done == total:
+            print(f"  {done}/{total} images", file=sys.stderr, flush=True)
+
+    return report

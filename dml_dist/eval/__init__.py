@@ -1,0 +1,1 @@
+"""Retrieval evaluation with faiss, and embedding of images with a trained model."""

@@ -1,0 +1,66 @@
+"""Embed images with a model: shard directories (evaluation) or image folders (``dml-dist embed``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dml_dist.data.images import decode_batch
+from dml_dist.data.shards import stream_samples
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@torch.no_grad()
+def embed_encoded(
+    model: nn.Module, images: Iterable[bytes], image_size: int, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Normalized float32 embeddings [n, D] of encoded images, in input order."""
+    was_training = model.training
+    model.eval()
+    parts: list[np.ndarray] = []
+    dtype = next(model.parameters()).dtype
+    for chunk in _chunks(images, batch_size):
+        batch = decode_batch(chunk, image_size).to(device=device, dtype=dtype)
+        parts.append(F.normalize(model(batch).float(), dim=1).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def embed_shards(
+    model: nn.Module, directory: str | Path, image_size: int, batch_size: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [n, D], labels [n]) of every sample of a shard directory."""
+    labels: list[int] = []
+
+    def images() -> Iterator[bytes]:
+        for png, label in stream_samples(directory):
+            labels.append(label)
+            yield png
+
+    emb = embed_encoded(model, images(), image_size, batch_size, device)
+    return emb, np.asarray(labels, dtype=np.int64)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted: the row order of ``dml-dist embed``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--images: {folder} is not a directory")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _chunks(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,59 @@
+"""The loss template: shape checks and reference-set handling, one hook per loss.
+
+Contract (``../shared/DESIGN.md``)::
+
+    loss(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_start=0) -> scalar
+
+``embeddings`` [B, D] are this rank's anchors and ``ref_embeddings`` [N, D] the global candidate
+set in canonical rank order; this rank's rows sit at ``ref[ref_start : ref_start + B]``, which is
+how a row is kept from pairing with itself. Without ``ref_*`` the anchors are their own
+candidates (one process). Each loss returns this rank's *share* of the global loss: its local
+terms divided by a normalizer computed from the whole reference set, so that the shares summed
+over ranks equal the single-process loss on the global batch, gradients included.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MetricLoss(nn.Module):
+    """Base class: validates inputs, resolves the reference set, calls ``compute``."""
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        ref_start: int = 0,
+    ) -> torch.Tensor:
+        if embeddings.dim() != 2:
+            raise ValueError(f"embeddings: expected [B, D], got shape {tuple(embeddings.shape)}")
+        if labels.shape != embeddings.shape[:1]:
+            raise ValueError(f"labels: expected shape [{embeddings.shape[0]}], got {tuple(labels.shape)}")
+        if (ref_embeddings is None) != (ref_labels is None):
+            raise ValueError("ref_embeddings and ref_labels must be given together")
+        if ref_embeddings is None or ref_labels is None:
+            ref_embeddings, ref_labels, ref_start = embeddings, labels, 0
+        if ref_embeddings.dim() != 2 or ref_embeddings.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"ref_embeddings: expected [N, {embeddings.shape[1]}], got {tuple(ref_embeddings.shape)}")
+        if ref_labels.shape != ref_embeddings.shape[:1]:
+            raise ValueError(f"ref_labels: expected shape [{ref_embeddings.shape[0]}], got {tuple(ref_labels.shape)}")
+        if not 0 <= ref_start <= ref_embeddings.shape[0] - embeddings.shape[0]:
+            raise ValueError(
+                f"ref_start: {ref_start} does not place {embeddings.shape[0]} rows inside the reference set"
+            )
+        return self.compute(embeddings, labels, ref_embeddings, ref_labels, ref_start)
+
+    def compute(
+        self,
+        emb_BD: torch.Tensor,
+        labels_B: torch.Tensor,
+        ref_ND: torch.Tensor,
+        ref_labels_N: torch.Tensor,
+        ref_start: int,
+    ) -> torch.Tensor:
+        """This rank's share of the loss; subclasses write only this."""
+        raise NotImplementedError

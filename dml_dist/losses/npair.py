@@ -1,0 +1,102 @@
+"""Multi-class N-pair loss (Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss
+Objective", NIPS 2016).
+
+For N classes with one (anchor f_i, positive f_i^+) pair each, Sohn's N-pair-mc loss is
+
+    L = 1/N sum_i log(1 + sum_{j != i} exp(f_i^T f_j^+ - f_i^T f_i^+))
+        + lambda/4 * (1/N sum_i |f_i|^2 + 1/N sum_i |f_i^+|^2)
+
+i.e. a softmax cross-entropy of anchor i over the N positives with target i, plus the L2
+penalty on embedding norms of the paper's section 3.2.2 (the form of TensorFlow's
+``npairs_loss``, lambda = 0.002). Embeddings are unnormalized, as in the paper; set
+``temperature`` to use cosine similarity / temperature instead (a common modern variant).
+
+Pairs in a batch: for every class, its first row (in reference order) is the anchor and its
+second row the positive; further rows of that class are not used (N-pair batch construction
+has K = 2). This matches pytorch-metric-learning's ``NPairsLoss``, which also keeps one pair
+per class, apart from its missing norm penalty.
+
+Shapes: anchors of this rank A <= B/2, classes with a pair in the reference set P (= N).
+Work is A x P x D (local anchors against global positives), not N x N.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dml_dist.losses.base import MetricLoss
+
+
+def first_two_rows_per_label(labels_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchor rows, positive rows): for each label with >= 2 rows, its first and second row.
+
+    Both are [P] index tensors ordered by label, so anchor_rows[p] and positive_rows[p] are a
+    pair of class p.
+    """
+    order = torch.sort(labels_N, stable=True).indices
+    sorted_labels = labels_N[order]
+    is_first = torch.ones_like(sorted_labels, dtype=torch.bool)
+    is_first[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    has_second = torch.zeros_like(is_first)
+    has_second[:-1] = is_first[:-1] & ~is_first[1:]
+    first_pos = torch.nonzero(has_second).squeeze(1)
+    return order[first_pos], order[first_pos + 1]
+
+
+class NPairMCLoss(MetricLoss):
+    """Multi-class N-pair loss with Sohn's L2 norm penalty (see module docstring).
+
+    Args:
+        l2_reg: lambda of the norm penalty (paper: 0.002); 0 disables it.
+        temperature: if set, similarities are cosine / temperature instead of dot products.
+    """
+
+    def __init__(self, l2_reg: float = 0.002, temperature: float | None = None):
+        super().__init__()
+        if l2_reg < 0:
+            raise ValueError(f"loss.l2_reg: expected >= 0, got {l2_reg}")
+        if temperature is not None and temperature <= 0:
+            raise ValueError(f"loss.temperature: expected > 0 or null, got {temperature}")
+        self.l2_reg = l2_reg
+        self.temperature = temperature
+
+    def compute(
+        self,
+        emb_BD: torch.Tensor,
+        labels_B: torch.Tensor,
+        ref_ND: torch.Tensor,
+        ref_labels_N: torch.Tensor,
+        ref_start: int,
+    ) -> torch.Tensor:
+        anchor_rows_P, positive_rows_P = first_two_rows_per_label(ref_labels_N)
+        num_pairs = anchor_rows_P.numel()
+        if num_pairs == 0:
+            return emb_BD.sum() * 0.0
+        local_end = ref_start + emb_BD.shape[0]
+        is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
+        targets_A = torch.nonzero(is_local_P).squeeze(1)
+        anchors_AD = emb_BD[anchor_rows_P[targets_A] - ref_start]
+        positives_PD = ref_ND[positive_rows_P]
+        if self.temperature is not None:
+            anchors_AD = F.normalize(anchors_AD, dim=1)
+            positives_PD = F.normalize(positives_PD, dim=1)
+        logits_AP = anchors_AD @ positives_PD.T
+        if self.temperature is not None:
+            logits_AP = logits_AP / self.temperature
+        loss = F.cross_entropy(logits_AP.float(), targets_A, reduction="sum") / num_pairs
+        if self.l2_reg > 0:
+            loss = (
+                loss
+                + self.l2_reg / 4 * self._local_norm_sum(emb_BD, anchor_rows_P, positive_rows_P, ref_start) / num_pairs
+            )
+        return loss
+
+    @staticmethod
+    def _local_norm_sum(
+        emb_BD: torch.Tensor, anchor_rows_P: torch.Tensor, positive_rows_P: torch.Tensor, ref_start: int
+    ) -> torch.Tensor:
+        """Sum of |f|^2 over this rank's rows that are an anchor or a positive of some pair."""
+        rows = torch.cat([anchor_rows_P, positive_rows_P]) - ref_start
+        rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
+        return emb_BD[rows].float().pow(2).sum()

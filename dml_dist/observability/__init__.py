@@ -1,0 +1,1 @@
+"""Metrics sinks (Prometheus or null) and the run directory's JSONL log."""

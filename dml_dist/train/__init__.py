@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed engine, the per-worker loop, and the Ray Train launcher."""

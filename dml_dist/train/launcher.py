@@ -1,0 +1,99 @@
+"""The driver side of ``dml-dist train``: data, run directory, Ray, mining actor, TorchTrainer.
+
+The driver resolves the data (writing the procedural set once), checks the batch against the
+data set, writes ``config.yaml``, starts or joins Ray, starts the job's mining actor and runs
+Ray Train's ``TorchTrainer`` with one worker per CPU slot (gloo) or per GPU (NCCL).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dml_dist.config.loader import config_to_dict, save_config
+from dml_dist.config.schema import ExperimentConfig
+from dml_dist.data.datasets import resolve_data
+from dml_dist.data.shards import IndexedShards
+from dml_dist.mining.service import start_mining_actor
+from dml_dist.train import run_files
+from dml_dist.train.loop import WorkerPlan, train_loop_per_worker
+
+
+def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
+    n = config.batch.num_classes
+    if n > num_train_classes:
+        raise ValueError(
+            f"batch.num_classes: N={n} is larger than the {num_train_classes} training classes of the data set"
+        )
+
+
+def init_ray(address: str | None, workers: int) -> None:
+    """Join the cluster at ``address``, or start a local Ray instance with room for the workers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=max(workers, 2), include_dashboard=False, log_to_driver=True)
+
+
+def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
+    """Train as configured; returns the final ``eval.json`` contents."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    paths = resolve_data(config.data)
+    shards = IndexedShards(paths.train)
+    check_batch_fits(config, shards.num_classes)
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / run_files.METRICS).unlink(missing_ok=True)
+    save_config(config, run_dir / run_files.CONFIG)
+    init_ray(address, config.train.workers)
+    job_name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
+    actor = None
+    if config.mining.enabled:
+        actor = start_mining_actor(
+            job_name, shards.num_classes, config.model.embedding_dim, config.mining, config.train.seed
+        )
+    plan = WorkerPlan(
+        config=config_to_dict(config),
+        train_shards=str(paths.train),
+        eval_shards=str(paths.eval),
+        run_dir=str(run_dir),
+        job_name=job_name,
+        mining_actor=actor,
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=plan.__dict__,
+        scaling_config=ScalingConfig(
+            num_workers=config.train.workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker=_worker_resources(config),
+        ),
+        run_config=RunConfig(name=job_name, storage_path=str(run_dir / "ray")),
+    )
+    print(
+        f"train: {config.train.workers} workers, global batch {config.batch.num_classes} classes x "
+        f"{config.batch.images_per_class} images, {config.train.steps} steps, run dir {run_dir}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    trainer.fit()
+    if actor is not None:
+        import ray
+
+        ray.kill(actor)
+    result: dict[str, Any] = json.loads((run_dir / run_files.EVAL).read_text())
+    result["train_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _worker_resources(config: ExperimentConfig) -> dict[str, float]:
+    return {"GPU": 1.0, "CPU": 1.0} if config.train.use_gpu else {"CPU": 1.0}

@@ -1,0 +1,99 @@
+"""The quickstart, scaled down, through the real CLI: Ray Train, 2 gloo workers, DeepSpeed,
+the mining actor, WebDataset shards, Prometheus endpoints and faiss evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dml_dist.cli import main
+from dml_dist.config.schema import DataConfig
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_data: DataConfig, ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "quick"
+    proc = small_data.procedural
+    status = main(
+        [
+            "train",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--workers",
+            "2",
+            "--steps",
+            "60",
+            "--set",
+            f"data.cache_dir={small_data.cache_dir}",
+            "--set",
+            f"data.samples_per_shard={small_data.samples_per_shard}",
+            "--set",
+            f"data.procedural.num_classes={proc.num_classes}",
+            "--set",
+            f"data.procedural.num_test_classes={proc.num_test_classes}",
+            "--set",
+            f"data.procedural.images_per_class={proc.images_per_class}",
+            "--set",
+            "batch.num_classes=128",
+            "--set",
+            "train.eval_every=30",
+            "--set",
+            "train.checkpoint_every=30",
+            "--set",
+            "train.log_every=5",
+            "--set",
+            "mining.warmup_coverage=0.5",
+        ]
+    )
+    assert status == 0
+    return run_dir
+
+
+def test_training_clearly_beats_the_untrained_network(trained_run: Path) -> None:
+    result = json.loads((trained_run / "eval.json").read_text())
+    assert result["step"] == 60
+    assert result["num_classes"] == 100
+    assert [h["step"] for h in result["history"]] == [0, 30, 60]
+    untrained, trained = result["untrained_recall"]["1"], result["recall"]["1"]
+    assert trained >= 1.5 * untrained, (untrained, trained)
+
+
+def test_run_directory_holds_config_metrics_and_checkpoints(trained_run: Path) -> None:
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["train"]["steps"] == 60 and config["batch"]["num_classes"] == 128
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(5, 61, 5))
+    assert all(r["samples_per_second"] > 0 and r["step_seconds"] > 0 and np.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert any(r["mined"] for r in rows), "the mining service never chose a batch"
+    assert rows[-1]["fallbacks"] == 0
+    tags = sorted(p.name for p in (trained_run / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["step-000030", "step-000060"]
+    assert (trained_run / "embedder.pt").is_file()
+
+
+def test_eval_and_embed_commands_read_the_run(trained_run: Path, small_data: DataConfig, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(trained_run), "--json", str(out)]) == 0
+    recall = json.loads(out.read_text())["recall"]["1"]
+    assert recall == pytest.approx(json.loads((trained_run / "eval.json").read_text())["recall"]["1"], abs=1e-6)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    from dml_dist.data.datasets import procedural_root
+    from dml_dist.data.shards import IndexedShards
+
+    shards = IndexedShards(procedural_root(small_data.procedural, Path(small_data.cache_dir)) / "test")
+    for i in range(5):
+        (images / f"img{i}.png").write_bytes(shards.read(i, 0))
+    assert main(["embed", str(trained_run), "--images", str(images), "--out", str(tmp_path / "emb.npy")]) == 0
+    emb = np.load(tmp_path / "emb.npy")
+    assert emb.shape == (5, 128) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert json.loads((tmp_path / "emb.json").read_text())[0].endswith("img0.png")
