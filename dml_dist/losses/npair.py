@@ -84,7 +84,7 @@ class NPairMCLoss(MetricLoss):
         logits_AP = anchors_AD @ positives_PD.T
         if self.temperature is not None:
             logits_AP = logits_AP / self.temperature
-        loss = F.cross_entropy(logits_AP.float(), targets_A, reduction="sum") / num_pairs
+        loss = F.cross_entropy(_at_least_fp32(logits_AP), targets_A, reduction="sum") / num_pairs
         if self.l2_reg > 0:
             loss = (
                 loss
@@ -99,4 +99,9 @@ class NPairMCLoss(MetricLoss):
         """Sum of |f|^2 over this rank's rows that are an anchor or a positive of some pair."""
         rows = torch.cat([anchor_rows_P, positive_rows_P]) - ref_start
         rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
-        return emb_BD[rows].float().pow(2).sum()
+        return _at_least_fp32(emb_BD[rows]).pow(2).sum()
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 for reductions (exp and sums overflow or lose precision); fp64 stays."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

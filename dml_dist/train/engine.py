@@ -36,6 +36,8 @@ def deepspeed_config(
         if config.optimizer.lower() in ("adam", "adamw") and not use_gpu:
             params["torch_adam"] = True
         ds["optimizer"] = {"type": config.optimizer, "params": params}
+    else:
+        ds["zero_allow_untested_optimizer"] = True  # a client torch optimizer (tests: plain SGD)
     return ds
 
 

@@ -8,6 +8,7 @@ Ray Train's ``TorchTrainer`` with one worker per CPU slot (gloo) or per GPU (NCC
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -34,12 +35,15 @@ def init_ray(address: str | None, workers: int) -> None:
     """Join the cluster at ``address``, or start a local Ray instance with room for the workers."""
     import ray
 
+    # Ray Train V2 tees worker prints into its logger, which shows every line twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=max(workers, 2), include_dashboard=False, log_to_driver=True)
+        # The dashboard (on 127.0.0.1) also serves the State API that Ray Train polls.
+        ray.init(num_cpus=max(workers, 2), dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:

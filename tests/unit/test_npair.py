@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from pytorch_metric_learning import losses as pml
+from pytorch_metric_learning.distances import DotProductSimilarity
 
 from dml_dist.losses import build_loss
 
@@ -47,7 +48,8 @@ def test_matches_pytorch_metric_learning_value_and_gradient() -> None:
     ours_in = emb.clone().requires_grad_(True)
     ref_in = emb.clone().requires_grad_(True)
     ours = build_loss("npair_mc", l2_reg=0.0)(ours_in, labels)
-    ref = pml.NPairsLoss()(ref_in, labels)
+    # PML normalizes embeddings by default; Sohn's loss (and ours) uses the raw dot product.
+    ref = pml.NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))(ref_in, labels)
     ours.backward()
     ref.backward()
     torch.testing.assert_close(ours, ref)

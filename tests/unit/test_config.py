@@ -1,0 +1,50 @@
+"""Config loading: typed, validated once, overridable, errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dml_dist.config import load_config, save_config
+from tests.conftest import REPO
+
+
+def test_quickstart_loads_and_round_trips(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    assert config.batch.num_classes >= 320 and config.batch.images_per_class == 2
+    assert config.loss.name == "npair_mc" and config.loss.params["temperature"] == 0.1
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_overrides_parse_values_as_yaml() -> None:
+    config = load_config(None, ["train.steps=7", "loss.temperature=null", "model.channels=[4, 8]", "mining.enabled=false"])
+    assert config.train.steps == 7 and config.loss.params["temperature"] is None
+    assert config.model.channels == [4, 8] and config.mining.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.stepz=3"], r"train.stepz: unknown key; valid keys: .*steps"),
+        (["train.steps=many"], r"train.steps: expected an integer, got 'many'"),
+        (["batch.num_classes=321"], r"batch.num_classes: the global batch of 321 classes must divide evenly among train.workers=2"),
+        (["engine.zero_stage=5"], r"engine.zero_stage: expected 0, 1, 2 or 3, got 5"),
+        (["engine.optimizer=sgdx"], r"engine.optimizer: unknown optimizer 'sgdx'"),
+        (["mining.random_share=2"], r"mining.random_share: expected a value in \[0, 1\]"),
+        (["train"], r"--set 'train': expected key=value"),
+    ],
+)
+def test_bad_values_name_the_field(overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="bad.yaml: expected a mapping"):
+        load_config(bad)
