@@ -52,18 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="output .npy (float32 [n, d]); FILE.json lists the images")
     embed.set_defaults(func=cmd_embed)
 
-    shards = sub.add_parser("shards", help="write WebDataset shards and a class index")
-    shards.add_argument("src", help="image folder (a leaf folder per class), or a config YAML for --format procedural")
-    shards.add_argument("out", help="output shard directory")
-    shards.add_argument("--format", choices=["folder", "procedural"], default="folder")
+    shards = sub.add_parser("shards", help="write WebDataset shards, a class index and a manifest")
+    shards.add_argument(
+        "src",
+        help="image folder (a leaf folder per class), a data set root for cub200/cars196/sop/inshop, "
+        "or a config YAML for --format procedural",
+    )
+    shards.add_argument("out", help="output directory (OUT/train and OUT/test when the source is split)")
+    shards.add_argument(
+        "--format", choices=["folder", "cub200", "cars196", "sop", "inshop", "procedural"], default="folder"
+    )
     shards.add_argument("--samples-per-shard", type=int, default=2000)
+    shards.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="folder format: share of the (sorted) classes held out as OUT/test; 0 = write OUT as one set",
+    )
     shards.set_defaults(func=cmd_shards)
 
     bench = sub.add_parser("bench", help="benchmark suites")
-    bench.add_argument("suite", choices=["losses"])
+    bench.add_argument("suite", choices=["losses", "scaling", "mining", "data"])
     bench.add_argument("--json", help="also write the figures to this JSON file")
-    bench.add_argument("--sizes", default="128,320,1000", help="comma-separated N")
-    bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--sizes", default="128,320,1000", help="losses: comma-separated N")
+    bench.add_argument("--repeats", type=int, default=7, help="losses: timed repeats per case")
+    bench.add_argument("--chunk-size", type=int, default=100, help="scaling: GradCache chunk of the chunked case")
+    bench.add_argument("--images", help="data: image folder or .zip (default: the Omniglot zip, else procedural)")
+    bench.add_argument("--loader-workers", type=int, default=0, help="data: DataLoader workers (0 = in-process)")
+    bench.add_argument("--classes", type=int, default=100_000, help="mining: C classes to select from")
     bench.set_defaults(func=cmd_bench)
 
     for name in ("submit", "jobs"):
@@ -122,7 +138,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config, model, device = _load_run(args.run_dir)
     data = Path(args.data) if args.data else resolve_data(config.data).eval
-    emb, labels = embed_shards(model, data, config.data.procedural.image_size, config.eval.batch_size, device)
+    emb, labels = embed_shards(
+        model, data, config.data.decode_size, config.eval.batch_size, device, channels=config.data.channels
+    )
     recall = recall_at_k(emb, labels, config.eval.recall_at)
     print(format_recall_table({Path(args.run_dir).name: recall}))
     if args.json:
@@ -140,7 +158,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"--images: no images found under {args.images}")
     emb = embed_encoded(
-        model, (p.read_bytes() for p in files), config.data.procedural.image_size, config.eval.batch_size, device
+        model,
+        (p.read_bytes() for p in files),
+        config.data.decode_size,
+        config.eval.batch_size,
+        device,
+        channels=config.data.channels,
     )
     out = Path(args.out)
     np.save(out, emb.astype(np.float32))
@@ -150,8 +173,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
-    from dml_dist.data.shards import write_shards
-
     out = Path(args.out)
     if args.format == "procedural":
         from dml_dist.config.loader import load_config
@@ -161,29 +182,41 @@ def cmd_shards(args: argparse.Namespace) -> int:
         root = ensure_procedural(config.data.procedural, out, args.samples_per_shard)
         print(f"shards: procedural set in {root}/train and {root}/test")
         return 0
-    from dml_dist.data.folder import folder_classes, folder_samples
+    from dml_dist.data.formats import write_dataset
 
-    classes = folder_classes(args.src)
-    total = sum(len(files) for _, files in classes)
-    write_shards(
-        folder_samples(classes),
-        out,
-        args.samples_per_shard,
-        source={"format": "folder", "path": str(Path(args.src).resolve())},
-    )
-    (out / "classes.json").write_text(json.dumps([name for name, _ in classes], indent=1))
-    print(f"shards: {total} images of {len(classes)} classes -> {out}")
+    for split in write_dataset(args.format, args.src, out, args.samples_per_shard, holdout=args.holdout):
+        state = "written" if split["written"] else "already complete, skipped"
+        print(
+            f"shards: {split['split']}: {split['num_samples']} images of {split['num_classes']} classes "
+            f"-> {split['directory']} ({state})"
+        )
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dml_dist.bench.losses import run_loss_bench
-
-    sizes = [int(s) for s in args.sizes.split(",")]
-    report = run_loss_bench(sizes, repeats=args.repeats)
+    report = run_bench_suite(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def run_bench_suite(args: argparse.Namespace) -> dict:
+    """Run one suite; each prints its table and returns its figures."""
+    if args.suite == "losses":
+        from dml_dist.bench.losses import run_loss_bench
+
+        return run_loss_bench([int(s) for s in args.sizes.split(",")], repeats=args.repeats)
+    if args.suite == "scaling":
+        from dml_dist.bench.scaling import run_scaling_bench
+
+        return run_scaling_bench(chunk_size=args.chunk_size)
+    if args.suite == "mining":
+        from dml_dist.bench.mining import run_mining_bench
+
+        return run_mining_bench(num_classes=args.classes)
+    from dml_dist.bench.data import run_data_bench
+
+    return run_data_bench(args.images, num_workers=args.loader_workers)
 
 
 def cmd_not_yet(args: argparse.Namespace) -> int:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +39,98 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(num_cpus=4, dashboard_host="127.0.0.1", log_to_driver=True)
+    ray.init(address="local", num_cpus=4, dashboard_host="127.0.0.1", log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Prometheus (Debian's package) on 127.0.0.1 with cluster/prometheus/prometheus.yml.
+
+    Yields its base URL, or None when the binary is absent and DML_DIST_REQUIRE_PROMETHEUS is
+    unset (``.ci/run`` installs it and sets that variable, so CI never skips).
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("DML_DIST_REQUIRE_PROMETHEUS"):
+            raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
+        yield None
+        return
+    port = _free_port()
+    storage = tmp_path_factory.mktemp("prometheus")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={REPO / 'cluster' / 'prometheus' / 'prometheus.yml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={storage}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(storage / "prometheus.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/-/ready", 30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def trained_run(
+    small_data: DataConfig, ray_session, prometheus_server, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The quickstart scaled down (600 classes, N = 128, 60 steps) through the real CLI with 2 Ray
+    workers, while Prometheus (when installed) scrapes the workers."""
+    from dml_dist.cli import main
+
+    run_dir = tmp_path_factory.mktemp("runs") / "quick"
+    proc = small_data.procedural
+    overrides = {
+        "data.cache_dir": small_data.cache_dir,
+        "data.samples_per_shard": small_data.samples_per_shard,
+        "data.procedural.num_classes": proc.num_classes,
+        "data.procedural.num_test_classes": proc.num_test_classes,
+        "data.procedural.images_per_class": proc.images_per_class,
+        "batch.num_classes": 128,
+        "train.eval_every": 30,
+        "train.checkpoint_every": 30,
+        "train.log_every": 5,
+        "mining.warmup_coverage": 0.5,
+    }
+    args = [
+        "train",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--workers",
+        "2",
+        "--steps",
+        "60",
+    ]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    started = time.time()
+    assert main(args) == 0
+    (run_dir / "test-window.json").write_text(json.dumps({"start": started, "end": time.time()}))
+    return run_dir

@@ -42,7 +42,27 @@ class DataConfig:
     """Where the procedural data set is written once and reused."""
     samples_per_shard: int = 2000
     """Samples per tar shard when writing shards."""
+    image_size: int | None = None
+    """Side of the square images the model sees (decode + resize); null = ``procedural.image_size``."""
+    channels: int = 1
+    """1 = grayscale, 3 = RGB (natural images); must equal ``model.in_channels``."""
+    augment: str = "none"
+    """Training augmentation: ``none``, or ``flip_crop`` (random resized crop + horizontal flip)."""
+    loader_workers: int = 0
+    """DataLoader worker processes that decode and augment; 0 = decode in the training process."""
+    mode: str = "indexed"
+    """``indexed``: read the step's classes by the class index (mining works); ``streaming``: read
+    shards front to back into per-class buffers and train on the classes that fill first."""
+    min_images_policy: str = "replace"
+    """A class with fewer than K images: ``replace`` (sample with replacement) or ``exclude``."""
+    stream_buffer_samples: int = 20000
+    """Streaming mode: most images held in the per-class buffers of one worker."""
     procedural: ProceduralDataConfig = field(default_factory=ProceduralDataConfig)
+
+    @property
+    def decode_size(self) -> int:
+        """The image side used for decoding: ``image_size``, or the procedural set's."""
+        return self.image_size if self.image_size is not None else self.procedural.image_size
 
 
 @dataclass
@@ -53,6 +73,9 @@ class BatchConfig:
     """N: distinct classes in every global batch (N-pair: the number of tuplets)."""
     images_per_class: int = 2
     """K: images per class (2 for N-pair batch construction)."""
+    chunk_size: int = 0
+    """Images per forward chunk on each worker with cached embedding gradients (GradCache);
+    0 = the worker's whole share at once. Bounds activation memory, same gradients."""
 
 
 @dataclass
@@ -65,6 +88,8 @@ class ModelConfig:
     """Output channels of the conv stages (each stage halves the resolution)."""
     embedding_dim: int = 128
     """D: size of the embedding produced by the linear head."""
+    in_channels: int = 1
+    """Input image channels (1 grayscale, 3 RGB); must equal ``data.channels``."""
 
 
 @dataclass
@@ -91,6 +116,33 @@ class MiningConfig:
     """Bank update: new = normalize(momentum * old + (1 - momentum) * observed)."""
     timeout_s: float = 2.0
     """Longest wait for the service's answer before falling back to random classes."""
+    refresh_after_steps: int = 50
+    """R: a class not refreshed for this many steps is stale; rank 0 re-embeds stale classes."""
+    refresh_every: int = 10
+    """Steps between two refresh passes over stale classes on rank 0; 0 = never."""
+    refresh_max_classes: int = 64
+    """Most stale classes one refresh pass re-embeds (the oldest first)."""
+    refresh_images_per_class: int = 2
+    """Images embedded per stale class in a refresh pass (forward only, no gradient)."""
+    exact_below_classes: int = 20000
+    """Exact greedy selection below this many classes; at or above it, greedy on a kNN graph."""
+    num_neighbours: int = 32
+    """k of the kNN graph of the classes that restricts the greedy search (large banks)."""
+    graph_rebuild_steps: int = 50
+    """Rebuild the kNN graph (in the background) when the bank is this many steps newer."""
+    save_every_steps: int = 100
+    """The service saves its bank to the run directory every this many steps; 0 = only at checkpoints."""
+
+    def validate(self) -> None:
+        """Ranges of the mining fields; ``ValueError`` naming the field."""
+        for name in ("refresh_after_steps", "refresh_max_classes", "refresh_images_per_class", "num_neighbours"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"mining.{name}: expected a positive integer, got {getattr(self, name)}")
+        for name in ("refresh_every", "exact_below_classes", "graph_rebuild_steps", "save_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"mining.{name}: expected 0 or more, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_coverage <= 1.0:
+            raise ValueError(f"mining.warmup_coverage: expected a value in [0, 1], got {self.warmup_coverage}")
 
 
 @dataclass
@@ -109,6 +161,15 @@ class EngineConfig:
     """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
     gradient_clipping: float = 0.0
     """Clip the global gradient norm to this value; 0 = off."""
+    lr_scaling: str = "none"
+    """Scale ``lr`` with the batch: ``none``, ``linear`` (lr * N / lr_reference_classes) or ``sqrt``."""
+    lr_reference_classes: int = 320
+    """The N at which ``lr`` was tuned (the reference of ``lr_scaling``)."""
+
+    def scaled_lr(self, num_classes: int) -> float:
+        """The learning rate for a global batch of ``num_classes`` classes."""
+        ratio = num_classes / self.lr_reference_classes
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
 
 @dataclass
@@ -151,6 +212,9 @@ class MetricsConfig:
     """Address the metrics endpoints bind to."""
     port: int = 0
     """Port of rank 0; rank r uses port + r. 0 = any free port."""
+    targets_dir: str | None = "/tmp/dml-dist/prometheus-targets"
+    """Each worker writes its endpoint here as a Prometheus file_sd target (removed at exit);
+    ``cluster/prometheus/prometheus.yml`` discovers workers from this directory. null = none."""
 
 
 @dataclass
@@ -191,6 +255,11 @@ class ExperimentConfig:
             raise ValueError(
                 f"engine.optimizer: unknown optimizer {self.engine.optimizer!r}; valid: {', '.join(DEEPSPEED_OPTIMIZERS)}"
             )
+        if self.engine.lr_scaling not in ("none", "linear", "sqrt"):
+            raise ValueError(f"engine.lr_scaling: expected none, linear or sqrt, got {self.engine.lr_scaling!r}")
+        _positive("engine.lr_reference_classes", self.engine.lr_reference_classes)
+        if self.batch.chunk_size < 0:
+            raise ValueError(f"batch.chunk_size: expected 0 (off) or a positive number of images, got {self.batch.chunk_size}")
         if self.engine.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"engine.precision: expected auto, fp32 or bf16, got {self.engine.precision!r}")
         if not 0.0 <= self.mining.random_share <= 1.0:
@@ -199,6 +268,8 @@ class ExperimentConfig:
             raise ValueError(f"mining.momentum: expected a value in [0, 1), got {self.mining.momentum}")
         if self.mining.timeout_s <= 0:
             raise ValueError(f"mining.timeout_s: expected a positive number of seconds, got {self.mining.timeout_s}")
+        self.mining.validate()
+        self._validate_data_loading()
         proc = self.data.procedural
         _at_least("data.procedural.images_per_class", proc.images_per_class, 2)
         _at_least("data.procedural.image_size", proc.image_size, 16)
@@ -206,6 +277,32 @@ class ExperimentConfig:
             raise ValueError(
                 f"data.procedural.num_test_classes: expected between 1 and num_classes - 1 "
                 f"({proc.num_classes - 1}), got {proc.num_test_classes}"
+            )
+
+    def _validate_data_loading(self) -> None:
+        data = self.data
+        if data.image_size is not None:
+            _at_least("data.image_size", data.image_size, 8)
+        if data.channels not in (1, 3):
+            raise ValueError(f"data.channels: expected 1 (grayscale) or 3 (RGB), got {data.channels}")
+        if self.model.in_channels != data.channels:
+            raise ValueError(
+                f"model.in_channels: the model takes {self.model.in_channels} channels but "
+                f"data.channels is {data.channels}; set both to the same value"
+            )
+        if data.augment not in ("none", "flip_crop"):
+            raise ValueError(f"data.augment: expected none or flip_crop, got {data.augment!r}")
+        if data.loader_workers < 0:
+            raise ValueError(f"data.loader_workers: expected 0 or more, got {data.loader_workers}")
+        if data.mode not in ("indexed", "streaming"):
+            raise ValueError(f"data.mode: expected indexed or streaming, got {data.mode!r}")
+        if data.min_images_policy not in ("replace", "exclude"):
+            raise ValueError(f"data.min_images_policy: expected replace or exclude, got {data.min_images_policy!r}")
+        _positive("data.stream_buffer_samples", data.stream_buffer_samples)
+        if data.mode == "streaming" and self.mining.enabled:
+            raise ValueError(
+                "data.mode: streaming trains on the classes the stream fills first, so the mining service "
+                "cannot choose them; set mining.enabled: false (or data.mode: indexed)"
             )
 
 

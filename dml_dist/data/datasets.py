@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -26,15 +27,25 @@ class DataPaths:
 
 def resolve_data(config: DataConfig) -> DataPaths:
     """The train and eval shard directories, writing the procedural set when it is not cached."""
+    train_dir, eval_dir = _split_root(config.train_shards), config.eval_shards
+    if train_dir != config.train_shards and eval_dir is None and is_complete(Path(config.train_shards or "") / "test"):
+        eval_dir = str(Path(config.train_shards or "") / "test")  # written together by ``dml-dist shards``
     procedural = None
-    if config.train_shards is None or config.eval_shards is None:
+    if train_dir is None or eval_dir is None:
         procedural = ensure_procedural(config.procedural, Path(config.cache_dir), config.samples_per_shard)
-    train = Path(config.train_shards) if config.train_shards else procedural_split(procedural, "train")
-    evaluation = Path(config.eval_shards) if config.eval_shards else procedural_split(procedural, "test")
+    train = Path(train_dir) if train_dir else procedural_split(procedural, "train")
+    evaluation = Path(eval_dir) if eval_dir else procedural_split(procedural, "test")
     for field, path in (("data.train_shards", train), ("data.eval_shards", evaluation)):
         if not is_complete(path):
             raise ValueError(f"{field}: {path} is not a shard directory (expected {path}/manifest.json)")
     return DataPaths(train=train.resolve(), eval=evaluation.resolve())
+
+
+def _split_root(spec: str | None) -> str | None:
+    """A shard directory, or the ``train`` directory of a root written by ``dml-dist shards``."""
+    if spec is None or is_complete(spec) or not is_complete(Path(spec) / "train"):
+        return spec
+    return str(Path(spec) / "train")
 
 
 def procedural_split(root: Path | None, split: str) -> Path:
@@ -59,7 +70,7 @@ def ensure_procedural(config: ProceduralDataConfig, cache_dir: Path, samples_per
         total = len(class_ids) * config.images_per_class
         print(f"data: writing procedural {split} split ({len(class_ids)} classes, {total} images) to {root / split}")
         write_shards(
-            procedural_samples(config, class_ids),
+            list(procedural_samples(config, class_ids)),
             root / split,
             samples_per_shard,
             source={"format": "procedural", "split": split, **asdict(config)},
@@ -71,7 +82,11 @@ def ensure_procedural(config: ProceduralDataConfig, cache_dir: Path, samples_per
 def procedural_samples(config: ProceduralDataConfig, class_ids: list[int]) -> Iterator[Sample]:
     for class_id in class_ids:
         for index in range(config.images_per_class):
-            yield Sample(label=class_id, key=f"c{class_id:06d}_{index:04d}", png=render_png(config, class_id, index))
+            yield Sample(
+                label=class_id,
+                key=f"c{class_id:06d}_{index:04d}",
+                read=functools.partial(render_png, config, class_id, index),
+            )
 
 
 def _progress_printer(total: int):  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ relative to the source and labelled by its position in the sorted list of class 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable
 from pathlib import Path
 
 from dml_dist.data.shards import Sample
@@ -27,7 +28,38 @@ def folder_classes(source: str | Path) -> list[tuple[str, list[Path]]]:
     return [(str(folder.relative_to(source)), sorted(files)) for folder, files in sorted(by_folder.items())]
 
 
-def folder_samples(classes: list[tuple[str, list[Path]]]) -> Iterator[Sample]:
-    for label, (_, files) in enumerate(classes):
-        for index, path in enumerate(files):
-            yield Sample(label=label, key=f"c{label:06d}_{index:04d}", png=path.read_bytes())
+def read_file(path: str) -> bytes:
+    """The bytes of a file (a module-level function, so a ``Sample`` stays picklable)."""
+    return Path(path).read_bytes()
+
+
+def file_samples(items: Iterable[tuple[int, Path]]) -> list[Sample]:
+    """(label, image file) pairs -> samples grouped by label, keyed ``c<label>_<index>``.
+
+    The file's size and modification time enter the sample's origin, so a changed image makes a
+    re-run rewrite the shards instead of skipping them.
+    """
+    samples: list[Sample] = []
+    counts: dict[int, int] = {}
+    for label, path in sorted(items, key=lambda item: (item[0], str(item[1]))):
+        index = counts.get(label, 0)
+        counts[label] = index + 1
+        if not path.is_file():
+            raise ValueError(f"shards: image {path} does not exist")
+        stat = path.stat()
+        ext = path.suffix.lower().lstrip(".") or "png"
+        samples.append(
+            Sample(
+                label=label,
+                key=f"c{label:06d}_{index:04d}",
+                read=functools.partial(read_file, str(path)),
+                ext="jpg" if ext == "jpeg" else ext,
+                origin=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",
+            )
+        )
+    return samples
+
+
+def folder_samples(classes: list[tuple[str, list[Path]]]) -> list[Sample]:
+    """Samples of ``folder_classes``' output, labelled by class position."""
+    return file_samples((label, path) for label, (_, files) in enumerate(classes) for path in files)

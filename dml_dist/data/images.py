@@ -1,26 +1,77 @@
-"""Image decoding shared by training, evaluation and embedding, so all three see the same input."""
+"""Image decoding and augmentation shared by training, evaluation, embedding and the benchmark.
+
+``decode_image`` turns encoded bytes into float32 [C, S, S] in [-1, 1] (C = 1 grayscale or 3
+RGB). Without augmentation the whole image is resized to S x S, which is what evaluation and
+embedding see. ``flip_crop`` is the usual augmentation for natural images: a random resized
+crop (area 8%..100% of the image, aspect ratio 3/4..4/3, as in Inception / torchvision's
+``RandomResizedCrop``) and a horizontal flip with probability 1/2. The random choices come from
+the generator the caller passes, seeded per (step, row), so a batch is the same whichever
+process decodes it. JPEGs are decoded at reduced scale (``Image.draft``) when that is still at
+least S pixels on a side, which is most of the cost of decoding large photos.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+AUGMENTATIONS = ("none", "flip_crop")
+
+
+def decode_image(
+    data: bytes,
+    image_size: int,
+    channels: int = 1,
+    augment: str = "none",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Encoded image -> float32 [channels, image_size, image_size] in [-1, 1]."""
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(io.BytesIO(data)) as image:
+        if augment == "none":
+            image.draft(mode, (image_size, image_size))
+            converted = image.convert(mode)
+            if converted.size != (image_size, image_size):
+                converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        else:
+            assert rng is not None, "augmentation needs a random generator"
+            converted = image.convert(mode)
+            box = _random_crop_box(converted.size, rng)
+            converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
+            if rng.random() < 0.5:
+                converted = converted.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = np.asarray(converted, dtype=np.float32)
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels / 127.5 - 1.0)
+
+
+def _random_crop_box(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    width, height = size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    side = min(width, height)  # fall back to the central square
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
 
 def decode_grayscale(data: bytes, image_size: int) -> np.ndarray:
     """Encoded image -> float32 [image_size, image_size] in [-1, 1] (grayscale, resized if needed)."""
-    with Image.open(io.BytesIO(data)) as image:
-        gray = image.convert("L")
-        if gray.size != (image_size, image_size):
-            gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(gray, dtype=np.float32)
-    return pixels / 127.5 - 1.0
+    return decode_image(data, image_size, 1)[0]
 
 
-def decode_batch(images: Sequence[bytes], image_size: int) -> torch.Tensor:
-    """Encoded images -> float32 tensor [B, 1, image_size, image_size]."""
-    array = np.stack([decode_grayscale(data, image_size) for data in images])
-    return torch.from_numpy(array).unsqueeze(1)
+def decode_batch(images: Sequence[bytes], image_size: int, channels: int = 1) -> torch.Tensor:
+    """Encoded images -> float32 tensor [B, channels, image_size, image_size] (no augmentation)."""
+    return torch.from_numpy(np.stack([decode_image(data, image_size, channels) for data in images]))

@@ -18,7 +18,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 @torch.no_grad()
 def embed_encoded(
-    model: nn.Module, images: Iterable[bytes], image_size: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    images: Iterable[bytes],
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    channels: int = 1,
 ) -> np.ndarray:
     """Normalized float32 embeddings [n, D] of encoded images, in input order."""
     was_training = model.training
@@ -26,14 +31,19 @@ def embed_encoded(
     parts: list[np.ndarray] = []
     dtype = next(model.parameters()).dtype
     for chunk in _chunks(images, batch_size):
-        batch = decode_batch(chunk, image_size).to(device=device, dtype=dtype)
+        batch = decode_batch(chunk, image_size, channels).to(device=device, dtype=dtype)
         parts.append(F.normalize(model(batch).float(), dim=1).cpu().numpy())
     model.train(was_training)
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 def embed_shards(
-    model: nn.Module, directory: str | Path, image_size: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    directory: str | Path,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [n, D], labels [n]) of every sample of a shard directory."""
     labels: list[int] = []
@@ -43,7 +53,7 @@ def embed_shards(
             labels.append(label)
             yield png
 
-    emb = embed_encoded(model, images(), image_size, batch_size, device)
+    emb = embed_encoded(model, images(), image_size, batch_size, device, channels)
     return emb, np.asarray(labels, dtype=np.int64)
 
 

@@ -1,20 +1,26 @@
-"""Multi-class N-pair loss (Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss
-Objective", NIPS 2016).
+"""Multi-class and one-vs-one N-pair losses (Sohn, "Improved Deep Metric Learning with
+Multi-class N-pair Loss Objective", NIPS 2016).
 
 For N classes with one (anchor f_i, positive f_i^+) pair each, Sohn's N-pair-mc loss is
 
     L = 1/N sum_i log(1 + sum_{j != i} exp(f_i^T f_j^+ - f_i^T f_i^+))
         + lambda/4 * (1/N sum_i |f_i|^2 + 1/N sum_i |f_i^+|^2)
 
-i.e. a softmax cross-entropy of anchor i over the N positives with target i, plus the L2
+(``npair_mc``), i.e. a softmax cross-entropy of anchor i over the N positives with target i, plus the L2
 penalty on embedding norms of the paper's section 3.2.2 (the form of TensorFlow's
 ``npairs_loss``, lambda = 0.002). Embeddings are unnormalized, as in the paper; set
 ``temperature`` to use cosine similarity / temperature instead (a common modern variant).
 
+The one-vs-one variant (``npair_ovo``, the paper's N-pair-ovo) sums N - 1 separate 2-class
+terms instead of one N-class softmax:
+
+    L = 1/N sum_i sum_{j != i} log(1 + exp(f_i^T f_j^+ - f_i^T f_i^+)) + the same L2 penalty
+
 Pairs in a batch: for every class, its first row (in reference order) is the anchor and its
 second row the positive; further rows of that class are not used (N-pair batch construction
 has K = 2). This matches pytorch-metric-learning's ``NPairsLoss``, which also keeps one pair
-per class, apart from its missing norm penalty.
+per class, apart from its missing norm penalty (tests use ``l2_reg=0`` for that comparison). N-pair-ovo
+has no pytorch-metric-learning counterpart; it is tested against a loop over the formula.
 
 Shapes: anchors of this rank A <= B/2, classes with a pair in the reference set P (= N).
 Work is A x P x D (local anchors against global positives), not N x N.
@@ -26,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.losses.base import MetricLoss
+from dml_dist.losses.pairs import at_least_fp32 as _at_least_fp32
+from dml_dist.losses.pairs import l2_normalize
 
 
 def first_two_rows_per_label(labels_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +69,28 @@ class NPairMCLoss(MetricLoss):
         self.l2_reg = l2_reg
         self.temperature = temperature
 
+    def _logits(
+        self, emb_BD: torch.Tensor, ref_ND: torch.Tensor, ref_labels_N: torch.Tensor, ref_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [A, P] of local anchors vs all positives, targets [A], anchor rows, positive rows)."""
+        anchor_rows_P, positive_rows_P = first_two_rows_per_label(ref_labels_N)
+        local_end = ref_start + emb_BD.shape[0]
+        is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
+        targets_A = torch.nonzero(is_local_P).squeeze(1)
+        anchors_AD = _at_least_fp32(emb_BD[anchor_rows_P[targets_A] - ref_start])
+        positives_PD = _at_least_fp32(ref_ND[positive_rows_P])
+        if self.temperature is not None:
+            anchors_AD = l2_normalize(anchors_AD)
+            positives_PD = l2_normalize(positives_PD)
+        logits_AP = anchors_AD @ positives_PD.T
+        if self.temperature is not None:
+            logits_AP = logits_AP / self.temperature
+        return logits_AP, targets_A, anchor_rows_P, positive_rows_P
+
+    def _pair_terms(self, logits_AP: torch.Tensor, targets_A: torch.Tensor) -> torch.Tensor:
+        """Sum over local anchors of the N-pair-mc term (softmax cross-entropy)."""
+        return F.cross_entropy(logits_AP, targets_A, reduction="sum")
+
     def compute(
         self,
         emb_BD: torch.Tensor,
@@ -69,22 +99,11 @@ class NPairMCLoss(MetricLoss):
         ref_labels_N: torch.Tensor,
         ref_start: int,
     ) -> torch.Tensor:
-        anchor_rows_P, positive_rows_P = first_two_rows_per_label(ref_labels_N)
+        logits_AP, targets_A, anchor_rows_P, positive_rows_P = self._logits(emb_BD, ref_ND, ref_labels_N, ref_start)
         num_pairs = anchor_rows_P.numel()
         if num_pairs == 0:
             return emb_BD.sum() * 0.0
-        local_end = ref_start + emb_BD.shape[0]
-        is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
-        targets_A = torch.nonzero(is_local_P).squeeze(1)
-        anchors_AD = emb_BD[anchor_rows_P[targets_A] - ref_start]
-        positives_PD = ref_ND[positive_rows_P]
-        if self.temperature is not None:
-            anchors_AD = F.normalize(anchors_AD, dim=1)
-            positives_PD = F.normalize(positives_PD, dim=1)
-        logits_AP = anchors_AD @ positives_PD.T
-        if self.temperature is not None:
-            logits_AP = logits_AP / self.temperature
-        loss = F.cross_entropy(_at_least_fp32(logits_AP), targets_A, reduction="sum") / num_pairs
+        loss = self._pair_terms(logits_AP, targets_A) / num_pairs
         if self.l2_reg > 0:
             loss = (
                 loss
@@ -102,6 +121,15 @@ class NPairMCLoss(MetricLoss):
         return _at_least_fp32(emb_BD[rows]).pow(2).sum()
 
 
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32 for reductions (exp and sums overflow or lose precision); fp64 stays."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+class NPairOVOLoss(NPairMCLoss):
+    """One-vs-one N-pair loss (N-pair-ovo) with Sohn's L2 norm penalty (see module docstring).
+
+    Args: as ``NPairMCLoss`` (l2_reg = 0.002, temperature = None).
+    """
+
+    def _pair_terms(self, logits_AP: torch.Tensor, targets_A: torch.Tensor) -> torch.Tensor:
+        positive_A1 = logits_AP.gather(1, targets_A[:, None])
+        terms_AP = F.softplus(logits_AP - positive_A1)
+        is_other_AP = torch.ones_like(terms_AP, dtype=torch.bool)
+        is_other_AP[torch.arange(targets_A.numel(), device=targets_A.device), targets_A] = False
+        return (terms_AP * is_other_AP).sum()

@@ -2,8 +2,10 @@
 
 ``MiningClient`` asks the service for step t+1's classes while step t trains and waits for the
 answer at most ``timeout_s``; when the service is slow, dead or restarting it falls back to
-random classes for that step and counts the fallback. ``RandomClasses`` is the null object used
-when mining is off, so the training loop has no ``if mining:`` branches.
+random classes for that step and counts the fallback. Ray restarts a dead service, which
+restores its bank from the last save, so later requests are answered again. Answers may carry
+``stale_classes`` for rank 0 to re-embed (``mining/refresh.py``). ``RandomClasses`` is the null
+object used when mining is off, so the training loop has no ``if mining:`` branches.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class RandomClasses:
         return {"classes": random_classes(self.seed, step, self.num_classes, self.n), "mined": False}
 
     def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
+        pass
+
+    def save_bank(self, path: str) -> None:
         pass
 
 
@@ -65,3 +70,8 @@ class MiningClient(RandomClasses):
         # Fire and forget: a lost publish only ages the bank.
         with contextlib.suppress(Exception):
             self.actor.publish.remote(step, class_ids, emb_CD)
+
+    def save_bank(self, path: str) -> None:
+        """Ask the service to save its bank to ``path`` (fire and forget; a restart restores it)."""
+        with contextlib.suppress(Exception):
+            self.actor.save.remote(path)

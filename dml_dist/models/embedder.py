@@ -42,4 +42,4 @@ class SmallConvEmbedder(nn.Module):
 def build_model(config: ModelConfig) -> nn.Module:
     if config.backbone not in BACKBONES:
         raise ValueError(f"model.backbone: unknown backbone {config.backbone!r}; valid: {', '.join(BACKBONES)}")
-    return SmallConvEmbedder(config.channels, config.embedding_dim)
+    return SmallConvEmbedder(config.channels, config.embedding_dim, in_channels=config.in_channels)

@@ -18,7 +18,7 @@ from dml_dist.config.loader import config_to_dict, save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import resolve_data
 from dml_dist.data.shards import IndexedShards
-from dml_dist.mining.service import start_mining_actor
+from dml_dist.mining.service import BANK_FILE, start_mining_actor
 from dml_dist.train import run_files
 from dml_dist.train.loop import WorkerPlan, train_loop_per_worker
 
@@ -43,7 +43,7 @@ def init_ray(address: str | None, workers: int) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         # The dashboard (on 127.0.0.1) also serves the State API that Ray Train polls.
-        ray.init(num_cpus=max(workers, 2), dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(address="local", num_cpus=max(workers, 2), dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
@@ -62,8 +62,15 @@ def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = 
     job_name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
     actor = None
     if config.mining.enabled:
+        # A fresh run starts with an empty bank; the file is what a restarted actor restores.
+        (run_dir / BANK_FILE).unlink(missing_ok=True)
         actor = start_mining_actor(
-            job_name, shards.num_classes, config.model.embedding_dim, config.mining, config.train.seed
+            job_name,
+            shards.num_classes,
+            config.model.embedding_dim,
+            config.mining,
+            config.train.seed,
+            checkpoint_path=str(run_dir / BANK_FILE),
         )
     plan = WorkerPlan(
         config=config_to_dict(config),
@@ -90,13 +97,28 @@ def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = 
     )
     started = time.perf_counter()
     trainer.fit()
-    if actor is not None:
-        import ray
-
-        ray.kill(actor)
+    mining_stats = _finish_mining(actor)
     result: dict[str, Any] = json.loads((run_dir / run_files.EVAL).read_text())
+    if mining_stats:
+        result["mining"] = mining_stats
     result["train_seconds"] = time.perf_counter() - started
     return result
+
+
+def _finish_mining(actor: Any) -> dict[str, Any] | None:
+    """Save the final bank, collect the service's stats, stop the actor (None when mining is off)."""
+    if actor is None:
+        return None
+    import ray
+
+    stats: dict[str, Any] | None = None
+    try:
+        ray.get(actor.save.remote(), timeout=60)
+        stats = ray.get(actor.stats.remote(), timeout=10)
+    except Exception as err:  # a dead or stuck service must not fail a finished training
+        print(f"train: the mining service did not report at the end ({err})", flush=True)
+    ray.kill(actor)
+    return stats
 
 
 def _worker_resources(config: ExperimentConfig) -> dict[str, float]:

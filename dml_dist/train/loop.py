@@ -10,6 +10,7 @@ mining service, logs, and evaluates every ``eval_every`` steps; every rank check
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -22,18 +23,21 @@ import torch.nn.functional as F
 
 from dml_dist.config.loader import config_to_dict, from_dict
 from dml_dist.config.schema import ExperimentConfig
-from dml_dist.data.images import decode_batch
-from dml_dist.data.sampler import rank_share
-from dml_dist.data.shards import IndexedShards
+from dml_dist.data.loader import build_loader
+from dml_dist.data.sampler import random_classes
+from dml_dist.data.shards import skipped_samples_total
 from dml_dist.dist import collectives
 from dml_dist.eval.embed import embed_shards
 from dml_dist.eval.retrieval import format_recall_table, recall_at_k
 from dml_dist.losses import build_loss
 from dml_dist.mining.client import MiningClient, RandomClasses
+from dml_dist.mining.refresh import refresh_stale_classes
+from dml_dist.mining.service import BANK_FILE
 from dml_dist.models import build_model
 from dml_dist.observability.metrics import NullMetrics, PrometheusMetrics
 from dml_dist.train import run_files
 from dml_dist.train.engine import build_engine, engine_dtype
+from dml_dist.train.step import optimizer_step
 
 
 @dataclass
@@ -70,18 +74,27 @@ class Trainer:
         if not use_gpu:
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         torch.manual_seed(config.train.seed)
-        self.shards = IndexedShards(plan.train_shards)
-        self.class_sizes = self.shards.class_sizes()
+        self.loader = build_loader(
+            config.data,
+            plan.train_shards,
+            seed=config.train.seed,
+            images_per_class=config.batch.images_per_class,
+            world_size=self.world_size,
+            rank=self.rank,
+            num_classes=config.batch.num_classes,
+        )
+        self.skips_reported = 0
         self.local_batch = config.batch.num_classes // self.world_size * config.batch.images_per_class
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.engine = build_engine(build_model(config.model), config.engine, self.local_batch, use_gpu, local_rank)
+        engine_config = dataclasses.replace(config.engine, lr=config.engine.scaled_lr(config.batch.num_classes))
+        self.engine = build_engine(build_model(config.model), engine_config, self.local_batch, use_gpu, local_rank)
         self.loss_fn = build_loss(config.loss.name, **config.loss.params)
         self.classes = self._class_source()
         self.metrics = self._metrics_sink()
         self.eval_history: list[dict[str, Any]] = []
 
     def _class_source(self) -> RandomClasses:
-        args = (self.config.train.seed, self.shards.num_classes, self.config.batch.num_classes)
+        args = (self.config.train.seed, self.loader.num_classes, self.config.batch.num_classes)
         if self.rank == 0 and self.plan.mining_actor is not None:
             return MiningClient(self.plan.mining_actor, self.config.mining.timeout_s, *args)
         return RandomClasses(*args)
@@ -91,7 +104,7 @@ class Trainer:
         if not settings.enabled:
             return NullMetrics()
         port = settings.port + self.rank if settings.port else 0
-        sink = PrometheusMetrics(self.plan.job_name, self.rank, settings.host, port)
+        sink = PrometheusMetrics(self.plan.job_name, self.rank, settings.host, port, settings.targets_dir)
         print(f"[rank {self.rank}] metrics: {sink.address}", flush=True)
         return sink
 
@@ -118,6 +131,7 @@ class Trainer:
             run_files.save_embedder(
                 self.run_dir / run_files.EMBEDDER, self.engine.module, config_to_dict(self.config), steps
             )
+        self.metrics.close()
         self._report_to_ray()
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -128,44 +142,46 @@ class Trainer:
         self.metrics.observe_mining(answer)
         images, labels = self.load_share(step, answer["classes"])
         data_seconds = time.perf_counter() - started
-        emb_BD = self.engine(images.to(self.device, self.dtype, non_blocking=True)).float()
-        ref_ND = collectives.gather_with_grad(emb_BD)
-        ref_labels_N = collectives.gather_no_grad(labels.to(self.device))
-        loss_share = self.loss_fn(
-            emb_BD, labels.to(self.device), ref_ND, ref_labels_N, ref_start=self.rank * emb_BD.shape[0]
+        result = optimizer_step(
+            self.engine,
+            self.loss_fn,
+            images.to(self.device, self.dtype, non_blocking=True),
+            labels.to(self.device),
+            self.config.batch.chunk_size,
         )
-        self.engine.backward(collectives.scale_for_gradient_averaging(loss_share))
-        self.engine.step()
-        loss = float(collectives.all_reduce_sum(loss_share))
+        loss, ref_ND = result.loss, result.ref_ND
         if self.rank == 0:
             self.classes.publish(step, np.asarray(answer["classes"]), self._class_embeddings(ref_ND))
+        stale = answer.get("stale_classes", [])  # every refresh_every steps: re-embed stale classes
+        refresh_stale_classes(self.engine.module, self.loader, self.classes, step, stale, self.config, self.device, self.dtype)
         step_seconds = time.perf_counter() - started
         global_samples = ref_ND.shape[0]
-        self.metrics.observe_step(loss, global_samples / step_seconds, step_seconds)
+        self.metrics.observe_step(
+            loss, global_samples / step_seconds, step_seconds, {"data": data_seconds, **result.seconds}
+        )
         return {
             "step": step + 1,
             "loss": loss,
             "samples_per_second": global_samples / step_seconds,
             "step_seconds": step_seconds,
             "data_seconds": data_seconds,
+            **{f"{name}_seconds": value for name, value in result.seconds.items()},
             "mined": bool(answer.get("mined", False)),
             "fallbacks": self.classes.fallbacks,
             "refresh_age_max": answer.get("refresh_age_max"),
+            "negative_similarity": answer.get("negative_similarity"),
         }
 
     def load_share(self, step: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's images [B, 1, H, W] and labels [B] for the step's classes."""
-        share = rank_share(
-            self.config.train.seed,
-            step,
-            classes,
-            self.class_sizes,
-            self.config.batch.images_per_class,
-            self.world_size,
-            self.rank,
-        )
-        images = decode_batch([self.shards.read(c, s) for c, s in share], self.config.data.procedural.image_size)
-        labels = torch.tensor([self.shards.labels[c] for c, _ in share], dtype=torch.int64)
+        """This rank's images [B, C, H, W] and labels [B] for the step's classes (``data/loader.py``)."""
+        images, labels = self.loader.load(step, classes)
+        if not self.config.mining.enabled and step + 1 < self.config.train.steps:
+            # Random classes are known ahead: the loader's workers decode the next step meanwhile.
+            n = self.config.batch.num_classes
+            self.loader.prefetch(step + 1, random_classes(self.config.train.seed, step + 1, self.loader.num_classes, n))
+        skipped = skipped_samples_total()
+        self.metrics.observe_data_skips(skipped - self.skips_reported)
+        self.skips_reported = skipped
         return images, labels
 
     def _class_embeddings(self, ref_ND: torch.Tensor) -> np.ndarray:
@@ -180,9 +196,10 @@ class Trainer:
         emb, labels = embed_shards(
             self.engine.module,
             self.plan.eval_shards,
-            self.config.data.procedural.image_size,
+            self.config.data.decode_size,
             self.config.eval.batch_size,
             self.device,
+            channels=self.config.data.channels,
         )
         recall = recall_at_k(emb, labels, self.config.eval.recall_at)
         self.eval_history.append({"step": step, "recall": {str(k): v for k, v in recall.items()}})
@@ -195,6 +212,7 @@ class Trainer:
             "num_queries": int(labels.shape[0]),
             "num_classes": int(np.unique(labels).shape[0]),
             "eval_shards": self.plan.eval_shards,
+            "job": self.plan.job_name,
             "history": self.eval_history,
         }
         run_files.write_json_atomic(self.run_dir / run_files.EVAL, result)
@@ -209,6 +227,7 @@ class Trainer:
         self.engine.save_checkpoint(
             str(self.run_dir / run_files.CHECKPOINTS), tag=f"step-{step:06d}", client_state={"step": step}
         )
+        self.classes.save_bank(str(self.run_dir / BANK_FILE))  # the mining bank (rank 0; a no-op elsewhere)
 
     def _report_to_ray(self) -> None:
         import ray.train

@@ -1,9 +1,11 @@
-"""Helpers that run one training step on W gloo processes and on one process, for parity tests."""
+"""Run one real optimizer step (``dml_dist.train.step``) on W gloo ranks through DeepSpeed,
+and the same step on one process, so tests can compare gradients and losses."""
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,29 +13,55 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dml_dist.config.schema import EngineConfig, ModelConfig
-from dml_dist.dist import collectives
+from dml_dist.data.images import decode_batch
+from dml_dist.data.sampler import random_classes, rank_share
+from dml_dist.data.shards import IndexedShards
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
 from dml_dist.train.engine import build_engine
+from dml_dist.train.step import optimizer_step
 
-MODEL = ModelConfig(channels=[8, 16], embedding_dim=16)
 LR = 1.0
 
 
-def global_batch(num_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [N*2, 1, 16, 16] and labels, class-major with 2 images per class."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(num_classes * 2, 1, 16, 16, generator=gen)
-    labels = torch.arange(num_classes).repeat_interleave(2) * 7 + 3
-    return images, labels
+@dataclass
+class StepSpec:
+    """One step to run: the batch, the loss, the engine and the chunking."""
+
+    num_classes: int = 12
+    loss_name: str = "npair_mc"
+    loss_params: dict = field(default_factory=lambda: {"l2_reg": 0.002, "temperature": 0.1})
+    zero_stage: int = 0
+    chunk_size: int = 0
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(channels=[8, 16], embedding_dim=16))
+    shards: str | None = None  # read the batch from real shards through the sampler instead
+    image_size: int = 16
 
 
-def single_process_gradients(num_classes: int, loss_name: str, loss_params: dict) -> dict[str, torch.Tensor]:
+def global_batch(spec: StepSpec, world_size: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's images and labels of the global batch (class-major, 2 images per class)."""
+    if spec.shards is not None:
+        shards = IndexedShards(spec.shards)
+        classes = random_classes(0, 0, shards.num_classes, spec.num_classes)
+        share = rank_share(0, 0, classes, shards.class_sizes(), 2, world_size, rank)
+        images = decode_batch([shards.read(c, s) for c, s in share], spec.image_size)
+        return images, torch.tensor([shards.labels[c] for c, _ in share])
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(spec.num_classes * 2, 1, spec.image_size, spec.image_size, generator=gen)
+    labels = torch.arange(spec.num_classes).repeat_interleave(2) * 7 + 3
+    per_rank = images.shape[0] // world_size
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    return images[rows], labels[rows]
+
+
+def single_process_gradients(spec: StepSpec) -> tuple[dict[str, torch.Tensor], float]:
+    """Plain autograd on the whole batch in this process: (parameter gradients, loss)."""
     torch.manual_seed(0)
-    model = build_model(MODEL)
-    images, labels = global_batch(num_classes)
-    build_loss(loss_name, **loss_params)(model(images), labels).backward()
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    model = build_model(spec.model)
+    images, labels = global_batch(spec)
+    loss = build_loss(spec.loss_name, **spec.loss_params)(model(images), labels)
+    loss.backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}, loss.item()
 
 
 def _free_port() -> int:
@@ -42,54 +70,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_main(
-    rank: int,
-    world_size: int,
-    port: int,
-    num_classes: int,
-    loss_name: str,
-    loss_params: dict,
-    zero_stage: int,
-    out: str,
-) -> None:
+def _rank_main(rank: int, world_size: int, port: int, spec: StepSpec, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.manual_seed(0)
-    model = build_model(MODEL)
+    model = build_model(spec.model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    images, labels = global_batch(num_classes)
-    per_rank = images.shape[0] // world_size
-    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    images, labels = global_batch(spec, world_size, rank)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    engine = build_engine(
-        model, EngineConfig(zero_stage=zero_stage, precision="fp32"), per_rank, False, rank, optimizer
-    )
-    emb = engine(images[rows])
-    ref = collectives.gather_with_grad(emb)
-    ref_labels = collectives.gather_no_grad(labels[rows])
-    share = build_loss(loss_name, **loss_params)(emb, labels[rows], ref, ref_labels, ref_start=rank * per_rank)
-    engine.backward(collectives.scale_for_gradient_averaging(share))
-    engine.step()
+    engine_config = EngineConfig(zero_stage=spec.zero_stage, precision="fp32")
+    engine = build_engine(model, engine_config, images.shape[0], False, rank, optimizer)
+    loss_fn = build_loss(spec.loss_name, **spec.loss_params)
+    result = optimizer_step(engine, loss_fn, images, labels, spec.chunk_size)
     if rank == 0:
         after = dict(engine.module.named_parameters())
         grads = {name: (before[name] - after[name].detach()) / LR for name in before}
-        torch.save(grads, out)
+        torch.save({"grads": grads, "loss": result.loss}, out)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def distributed_gradients(
-    world_size: int, num_classes: int, loss_name: str, loss_params: dict, zero_stage: int, tmp: Path
-) -> dict[str, torch.Tensor]:
-    """Gradients read off one SGD step (lr = 1) of a DeepSpeed engine on ``world_size`` gloo ranks."""
-    out = tmp / f"grads-w{world_size}-z{zero_stage}.pt"
-    mp.spawn(
-        _rank_main,
-        args=(world_size, _free_port(), num_classes, loss_name, loss_params, zero_stage, str(out)),
-        nprocs=world_size,
-        join=True,
-    )
-    return torch.load(out, weights_only=True)
+def distributed_gradients(world_size: int, spec: StepSpec, tmp: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """(gradients read off one SGD step with lr = 1, global loss) on ``world_size`` gloo ranks."""
+    out = tmp / f"step-w{world_size}.pt"
+    mp.spawn(_rank_main, args=(world_size, _free_port(), spec, str(out)), nprocs=world_size, join=True)
+    saved = torch.load(out, weights_only=True)
+    return saved["grads"], float(saved["loss"])

@@ -1,4 +1,5 @@
-"""All-gathered N-pair on W gloo ranks through DeepSpeed equals one process on the whole batch."""
+"""The distributed step (all-gather with gradient, DeepSpeed averaging, optional GradCache
+chunks) equals one single-process step on the global batch."""
 
 from __future__ import annotations
 
@@ -7,16 +8,36 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.parity import distributed_gradients, single_process_gradients
+from dml_dist.config.schema import DataConfig
+from dml_dist.data.datasets import procedural_root
+from tests.distributed.parity import StepSpec, distributed_gradients, single_process_gradients
 
-NUM_CLASSES = 12
 
-
-@pytest.mark.parametrize(("world_size", "zero_stage"), [(2, 0), (2, 1), (3, 2)])
-def test_parameter_gradients_equal_the_single_process_step(world_size: int, zero_stage: int, tmp_path: Path) -> None:
-    params = {"l2_reg": 0.002, "temperature": 0.1}
-    expected = single_process_gradients(NUM_CLASSES, "npair_mc", params)
-    got = distributed_gradients(world_size, NUM_CLASSES, "npair_mc", params, zero_stage, tmp_path)
+def _assert_same(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("world_size", "zero_stage", "chunk_size"),
+    [(1, 0, 0), (2, 0, 0), (3, 2, 0), (4, 1, 0), (2, 1, 5), (2, 2, 4)],
+    ids=["w1-z0", "w2-z0", "w3-z2", "w4-z1", "w2-z1-chunk5", "w2-z2-chunk4"],
+)
+def test_parameter_gradients_equal_the_single_process_step(
+    world_size: int, zero_stage: int, chunk_size: int, tmp_path: Path
+) -> None:
+    spec = StepSpec(zero_stage=zero_stage, chunk_size=chunk_size)
+    expected, expected_loss = single_process_gradients(spec)
+    got, loss = distributed_gradients(world_size, spec, tmp_path)
+    _assert_same(got, expected)
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
+
+
+def test_first_step_loss_is_the_same_on_one_and_four_workers(small_data: DataConfig, tmp_path: Path) -> None:
+    shards = procedural_root(small_data.procedural, Path(small_data.cache_dir)) / "train"
+    spec = StepSpec(num_classes=32, shards=str(shards), image_size=small_data.procedural.image_size)
+    grads_1, loss_1 = distributed_gradients(1, spec, tmp_path)
+    grads_4, loss_4 = distributed_gradients(4, spec, tmp_path)
+    assert loss_4 == pytest.approx(loss_1, rel=1e-6)
+    _assert_same(grads_4, grads_1)

@@ -12,47 +12,6 @@ import yaml
 
 from dml_dist.cli import main
 from dml_dist.config.schema import DataConfig
-from tests.conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def trained_run(small_data: DataConfig, ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "quick"
-    proc = small_data.procedural
-    status = main(
-        [
-            "train",
-            str(REPO / "configs" / "quickstart.yaml"),
-            "--run-dir",
-            str(run_dir),
-            "--workers",
-            "2",
-            "--steps",
-            "60",
-            "--set",
-            f"data.cache_dir={small_data.cache_dir}",
-            "--set",
-            f"data.samples_per_shard={small_data.samples_per_shard}",
-            "--set",
-            f"data.procedural.num_classes={proc.num_classes}",
-            "--set",
-            f"data.procedural.num_test_classes={proc.num_test_classes}",
-            "--set",
-            f"data.procedural.images_per_class={proc.images_per_class}",
-            "--set",
-            "batch.num_classes=128",
-            "--set",
-            "train.eval_every=30",
-            "--set",
-            "train.checkpoint_every=30",
-            "--set",
-            "train.log_every=5",
-            "--set",
-            "mining.warmup_coverage=0.5",
-        ]
-    )
-    assert status == 0
-    return run_dir
 
 
 def test_training_clearly_beats_the_untrained_network(trained_run: Path) -> None:

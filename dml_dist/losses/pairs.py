@@ -1,0 +1,105 @@
+"""Shared pieces of the pair-based losses: dtype handling, similarities, masks, global counts.
+
+Every loss sees this rank's anchors ``emb_BD`` and the global candidates ``ref_ND``; the anchors
+sit at rows ``ref_start : ref_start + B`` of the reference set. A pair (i, j) of the loss is an
+anchor row i (local) and a candidate column j (global) with j != i; masks here exclude the self
+pair by global index, so the same code serves one process (B = N, ref_start = 0) and W ranks.
+
+Normalizers that depend on the whole batch (numbers of pairs, numbers of non-zero terms, top-K
+thresholds, histograms) are computed from the reference set, which every rank holds: label-only
+counts directly, value-dependent ones under ``torch.no_grad`` on the N x N similarity of the
+reference set. When the anchors are the whole reference set (one process) the local values are
+reused instead (``is_whole``), so a single process pays nothing extra.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Stand-in for log(0) in masked log-sum-exps: finite, so that rows with no valid entry keep
+# finite gradients (exp(NEG - max) underflows to exactly 0 for valid rows).
+NEG = -1e30
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 (exp, sums and norms overflow or lose precision in half); fp64 stays."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def l2_normalize(x_ND: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm; zero rows stay zero, huge rows do not overflow the norm.
+
+    Rows are first divided by their (detached) largest absolute entry: normalize(x / c) equals
+    normalize(x) for any c > 0, so value and gradient are unchanged while |x|^2 cannot overflow.
+    """
+    scale = x_ND.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    return F.normalize(x_ND / scale, dim=1, eps=1e-12)
+
+
+def prepare(emb_BD: torch.Tensor, ref_ND: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchors, candidates) in fp32 or better, L2-normalized when asked."""
+    emb_BD, ref_ND = at_least_fp32(emb_BD), at_least_fp32(ref_ND)
+    if normalize:
+        return l2_normalize(emb_BD), l2_normalize(ref_ND)
+    return emb_BD, ref_ND
+
+
+def is_whole(emb_BD: torch.Tensor, ref_ND: torch.Tensor) -> bool:
+    """True when the local anchors are the whole reference set (one process)."""
+    return emb_BD.shape[0] == ref_ND.shape[0]
+
+
+def self_mask(num_rows: int, num_cols: int, row_start: int, device: torch.device) -> torch.Tensor:
+    """[B, N] bool, True at (i, row_start + i): the anchor paired with itself."""
+    rows = torch.arange(num_rows, device=device)
+    mask = torch.zeros(num_rows, num_cols, dtype=torch.bool, device=device)
+    mask[rows, rows + row_start] = True
+    return mask
+
+
+def label_masks(
+    labels_B: torch.Tensor, ref_labels_N: torch.Tensor, ref_start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) [B, N] bool masks: same label but not self, different label."""
+    same_BN = labels_B[:, None] == ref_labels_N[None, :]
+    pos_BN = same_BN & ~self_mask(labels_B.shape[0], ref_labels_N.shape[0], ref_start, labels_B.device)
+    return pos_BN, ~same_BN
+
+
+def class_sizes(labels_B: torch.Tensor, ref_labels_N: torch.Tensor) -> torch.Tensor:
+    """[B] number of reference rows sharing each anchor's label (the anchor itself included)."""
+    classes, inverse, counts = torch.unique(ref_labels_N, return_inverse=True, return_counts=True)
+    index = torch.searchsorted(classes, labels_B)
+    return counts[index.clamp_max(classes.numel() - 1)]
+
+
+def num_ordered_pairs(ref_labels_N: torch.Tensor) -> tuple[int, int]:
+    """(positive, negative) ordered pairs (i, j), i != j, over the whole reference set."""
+    n = ref_labels_N.shape[0]
+    counts = torch.unique(ref_labels_N, return_counts=True)[1]
+    num_pos = int((counts * (counts - 1)).sum())
+    return num_pos, n * n - int((counts * counts).sum())
+
+
+def masked_logsumexp(x_BN: torch.Tensor, mask_BN: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """log sum_{mask} exp(x) per row; a row with no valid entry gives about NEG (log 0), finitely."""
+    return torch.logsumexp(x_BN.masked_fill(~mask_BN, NEG), dim=dim)
+
+
+def euclidean_from_sq(sq_BN: torch.Tensor) -> torch.Tensor:
+    """sqrt of squared distances with a finite gradient at 0 (pairs of identical rows)."""
+    return sq_BN.clamp_min(1e-12).sqrt()
+
+
+def squared_distances(a_BD: torch.Tensor, r_ND: torch.Tensor, normalized: bool) -> torch.Tensor:
+    """|a - r|^2 for all (anchor, candidate) pairs, via one matmul; >= 0."""
+    sim_BN = a_BD @ r_ND.T
+    if normalized:
+        return (2 - 2 * sim_BN).clamp_min(0)
+    return (a_BD.pow(2).sum(1, keepdim=True) + r_ND.pow(2).sum(1)[None, :] - 2 * sim_BN).clamp_min(0)
+
+
+def zero_loss(emb_BD: torch.Tensor) -> torch.Tensor:
+    """A zero that keeps the graph (so backward works and gives zero gradients)."""
+    return at_least_fp32(emb_BD).sum() * 0.0

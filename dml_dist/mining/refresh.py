@@ -1,0 +1,122 @@
+"""The stale-class refresh pass: re-embed classes the batches have not visited for R steps.
+
+Training refreshes the bank for free, but only for the classes it trains on; a class that no
+batch has picked for a while keeps an embedding from an older model, and hard-class selection
+would trust it. Every ``mining.refresh_every`` steps the service's answer carries the classes
+not refreshed for ``mining.refresh_after_steps`` steps (oldest first, never-seen first, at
+most ``mining.refresh_max_classes``). The training side embeds ``refresh_images_per_class``
+images of each with the current model (no gradient) and publishes them; the bank averages a
+class's images.
+
+The pass runs on every rank, each embedding an equal share of the stale classes (the list is
+padded by repeating its last class), and the shares are all-gathered to rank 0, which
+publishes. So it costs each rank 1/W of the forward passes, and every rank runs the model the
+same number of times, as ZeRO stage 3 needs (its forward gathers parameters collectively).
+Cost: about ``refresh_max_classes * refresh_images_per_class / W`` forward-only images per
+rank every ``refresh_every`` steps (defaults: 64 images per rank every 10 steps, against 320
+forward+backward images per rank per step in the quickstart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dml_dist.config.schema import ExperimentConfig
+from dml_dist.data.images import decode_batch
+from dml_dist.data.shards import BadSample, IndexedShards
+from dml_dist.dist import collectives
+
+
+def refresh_samples(
+    seed: int, step: int, classes: Sequence[int], class_sizes: Sequence[int], images_per_class: int
+) -> list[tuple[int, int]]:
+    """(class, sample) pairs to embed: up to ``images_per_class`` distinct samples per class, seeded."""
+    pairs: list[tuple[int, int]] = []
+    for class_pos in classes:
+        size = class_sizes[class_pos]
+        rng = np.random.default_rng([seed, step, 3, class_pos])
+        for sample_pos in rng.choice(size, size=min(size, images_per_class), replace=False):
+            pairs.append((int(class_pos), int(sample_pos)))
+    return pairs
+
+
+@torch.no_grad()
+def embed_samples(
+    model: torch.nn.Module,
+    shards: IndexedShards,
+    pairs: Sequence[tuple[int, int]],
+    image_size: int,
+    channels: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings [M, D] of the readable samples among ``pairs`` and their classes [M]."""
+    data: list[bytes] = []
+    classes: list[int] = []
+    for class_pos, sample_pos in pairs:
+        try:
+            data.append(shards.read(class_pos, sample_pos))
+            classes.append(class_pos)
+        except BadSample:  # counted and warned by the reader's callers; the class stays stale
+            continue
+    if not data:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    images = decode_batch(data, image_size, channels).to(device, dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        emb_MD = F.normalize(model(images).float(), dim=1)
+    finally:
+        model.train(was_training)
+    return np.asarray(classes, dtype=np.int64), emb_MD.cpu().numpy()
+
+
+def refresh_stale_classes(
+    model: torch.nn.Module,
+    loader: Any,
+    class_source: Any,
+    step: int,
+    stale: Sequence[int],
+    config: ExperimentConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> int:
+    """Embed this rank's share of the ``stale`` classes and publish all shares from rank 0.
+
+    Every rank must call it with the same ``stale`` list (it is part of the broadcast answer).
+    ``loader`` is the rank's indexed ``ClassBatchLoader`` (class positions are its usable classes:
+    ``loader.classes`` maps them to the shard index, ``loader.class_sizes`` sizes them);
+    ``class_source`` is the rank's ``MiningClient`` or ``RandomClasses`` (whose publish is a
+    no-op). Returns the number of classes refreshed (0 when ``stale`` is empty).
+    """
+    if not stale:
+        return 0
+    images_per_class = config.mining.refresh_images_per_class
+    world, rank = collectives.world_size(), collectives.rank()
+    padded = list(stale) + [stale[-1]] * (-len(stale) % world)
+    per_rank = len(padded) // world
+    mine = padded[rank * per_rank : (rank + 1) * per_rank]
+    pairs = refresh_samples(config.train.seed, step, mine, loader.class_sizes, images_per_class)
+    shard_pairs = [(loader.classes[c], s) for c, s in pairs]
+    shard_classes_M, emb_MD = embed_samples(
+        model, loader.shards, shard_pairs, config.data.decode_size, config.data.channels, device, dtype
+    )
+    to_position = {shard_class: c for c, shard_class in zip(mine, (loader.classes[c] for c in mine), strict=True)}
+    classes_M = np.asarray([to_position[int(sc)] for sc in shard_classes_M], dtype=np.int64)
+    # Fixed-size rows so the all-gather lines up; rows of missing samples keep class -1.
+    rows = per_rank * images_per_class
+    classes_R = torch.full((rows,), -1, dtype=torch.int64)
+    emb_RD = torch.zeros(rows, config.model.embedding_dim, dtype=torch.float32)
+    if len(classes_M):
+        classes_R[: len(classes_M)] = torch.from_numpy(classes_M)
+        emb_RD[: len(classes_M)] = torch.from_numpy(emb_MD)
+    all_classes = collectives.gather_no_grad(classes_R.to(device)).cpu().numpy()
+    all_emb = collectives.gather_no_grad(emb_RD.to(device)).cpu().numpy()
+    keep = all_classes >= 0
+    class_source.publish(step, all_classes[keep], all_emb[keep])
+    return len(set(stale))

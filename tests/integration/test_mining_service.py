@@ -1,0 +1,68 @@
+"""The mining service as a real Ray actor: answers, bounded fallback when it dies, restore on restart."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dml_dist.config.schema import MiningConfig
+from dml_dist.mining.client import MiningClient
+from dml_dist.mining.service import start_mining_actor
+
+
+def _wait_for_restart(ray, actor, timeout_s: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            stats: dict = ray.get(actor.stats.remote(), timeout=10)
+            return stats
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ray = ray_session
+    num_classes, dim, n = 200, 16, 20
+    config = MiningConfig(warmup_coverage=0.5, random_share=0.0, timeout_s=0.05, save_every_steps=0)
+    bank_path = tmp_path / "mining_bank.npz"
+    actor = start_mining_actor("test-restart", num_classes, dim, config, seed=0, checkpoint_path=str(bank_path))
+    client = MiningClient(actor, timeout_s=5.0, seed=0, num_classes=num_classes, n=n)
+    try:
+        # Near-duplicate pairs (2i, 2i + 1): a mined batch is made of whole pairs.
+        rng = np.random.default_rng(0)
+        centres = rng.standard_normal((num_classes // 2, dim))
+        emb = np.repeat(centres, 2, axis=0) + 0.05 * rng.standard_normal((num_classes, dim))
+        client.publish(1, np.arange(num_classes), emb.astype(np.float32))
+        client.request(2)
+        answer = client.classes_for(2)
+        assert answer["mined"] is True and client.fallbacks == 0
+        assert np.all(np.bincount(np.asarray(answer["classes"]) // 2) % 2 == 0)
+
+        client.save_bank(str(bank_path))
+        assert ray.get(actor.stats.remote(), timeout=10)["latest_step"] == 1  # calls run in order: saved
+        assert bank_path.is_file()
+
+        # Kill the actor (Ray restarts it): the step falls back to random classes within the bound.
+        client.timeout_s = config.timeout_s
+        ray.kill(actor, no_restart=False)
+        client.request(3)
+        started = time.perf_counter()
+        answer = client.classes_for(3)
+        waited = time.perf_counter() - started
+        assert answer.get("fallback") is True and answer["mined"] is False
+        assert client.fallbacks == 1
+        assert waited < config.timeout_s + 1.0
+        assert len(set(answer["classes"])) == n
+
+        # The restarted actor restored its bank from the saved file and mines again.
+        stats = _wait_for_restart(ray, actor)
+        assert stats["restored_step"] == 1 and stats["coverage"] == 1.0
+        client.timeout_s = 10.0
+        client.request(4)
+        answer = client.classes_for(4)
+        assert answer["mined"] is True and client.fallbacks == 1
+    finally:
+        ray.kill(actor, no_restart=True)
