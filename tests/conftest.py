@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def _wait_http(url: str, seconds: float) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return  # it answers (401 where token authentication is on)
         except OSError:
             if time.monotonic() > deadline:
                 raise

@@ -2,7 +2,9 @@
 
 Baselines measured in the same run: the floor, the bare N x N x D similarity matmul forward and
 backward (``(E @ E.T).sum().backward()``), and pytorch-metric-learning's implementation of the
-same loss when it is installed. Batches hold N/2 classes x 2 images (N-pair construction).
+same loss when it is installed, configured as the tests configure it to match ours. Batches hold
+N/2 classes x 2 images (N-pair construction). Each variant below is one row; ``triplet`` is timed
+with all, semi-hard and hard (batch-hard) triplets.
 """
 
 from __future__ import annotations
@@ -30,12 +32,55 @@ def _floor(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (emb @ emb.T).sum()
 
 
-def _reference_losses() -> dict[str, Any]:
+# (row name, registry name, hyperparameters)
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("contrastive", "contrastive", {}),
+    ("triplet[all]", "triplet", {"mining": "all"}),
+    ("triplet[semihard]", "triplet", {"mining": "semihard"}),
+    ("triplet[hard]", "triplet", {"mining": "hard"}),
+    ("tuplet", "tuplet", {}),
+    ("npair_mc", "npair_mc", {}),
+    ("npair_ovo", "npair_ovo", {}),
+    ("angular", "angular", {}),
+    ("angular+npair", "angular", {"with_npair": True}),
+    ("lifted", "lifted", {}),
+    ("multi_similarity", "multi_similarity", {}),
+    ("nca", "nca", {}),
+    ("histogram", "histogram", {}),
+    ("binomial", "binomial", {}),
+    ("margin", "margin", {}),
+    ("dro_topk", "dro_topk", {}),
+    ("dro_topk_pn", "dro_topk_pn", {}),
+    ("dro_kl", "dro_kl", {}),
+]
+
+
+def _reference_losses() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     try:
         from pytorch_metric_learning import losses as pml
+        from pytorch_metric_learning import miners
+        from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance
     except ImportError:
         return {}
-    return {"npair_mc": pml.NPairsLoss()}
+
+    def mined(loss: Any, miner: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda emb, labels: loss(emb, labels, miner(emb, labels))
+
+    sq = LpDistance(power=2)
+    triplet = pml.TripletMarginLoss(margin=0.2, distance=sq)
+    return {
+        "contrastive": pml.ContrastiveLoss(),
+        "triplet[all]": triplet,
+        "triplet[semihard]": mined(triplet, miners.TripletMarginMiner(0.2, type_of_triplets="semihard", distance=sq)),
+        "triplet[hard]": mined(triplet, miners.BatchHardMiner(distance=sq)),
+        "npair_mc": pml.NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False)),
+        "angular": pml.AngularLoss(alpha=40),
+        "lifted": pml.LiftedStructureLoss(neg_margin=1, pos_margin=0),
+        "multi_similarity": mined(pml.MultiSimilarityLoss(2, 50, 0.5), miners.MultiSimilarityMiner(0.1)),
+        "nca": pml.NCALoss(distance=LpDistance(power=2, normalize_embeddings=False)),
+        "histogram": pml.HistogramLoss(n_bins=100),
+        "margin": pml.MarginLoss(margin=0.2, nu=0, beta=1.2, learn_beta=True),
+    }
 
 
 def run_loss_bench(sizes: list[int], repeats: int = 7) -> dict[str, Any]:
@@ -47,8 +92,8 @@ def run_loss_bench(sizes: list[int], repeats: int = 7) -> dict[str, Any]:
         emb = torch.randn(n, DIM)
         labels = torch.arange(n // 2).repeat_interleave(2)
         floor = median_seconds(_fwd_bwd(_floor, emb, labels), repeats)
-        for name in ("npair_mc",):
-            ours = median_seconds(_fwd_bwd(build_loss(name), emb, labels), repeats)
+        for name, registry_name, params in VARIANTS:
+            ours = median_seconds(_fwd_bwd(build_loss(registry_name, **params), emb, labels), repeats)
             row: dict[str, Any] = {
                 "loss": name,
                 "n": n,
@@ -60,11 +105,11 @@ def run_loss_bench(sizes: list[int], repeats: int = 7) -> dict[str, Any]:
                 ref = median_seconds(_fwd_bwd(references[name], emb, labels), repeats)
                 row.update(pml_ms=ref * 1e3, ours_over_pml=ours / ref)
             rows.append(row)
-    print(f"{'loss':<12}{'N':>6}{'floor ms':>10}{'ours ms':>10}{'pml ms':>10}{'ours/floor':>12}{'ours/pml':>10}")
+    print(f"{'loss':<20}{'N':>6}{'floor ms':>10}{'ours ms':>10}{'pml ms':>10}{'ours/floor':>12}{'ours/pml':>10}")
     for r in rows:
         pml_ms = f"{r['pml_ms']:.2f}" if "pml_ms" in r else "-"
         ratio = f"{r['ours_over_pml']:.2f}" if "ours_over_pml" in r else "-"
         print(
-            f"{r['loss']:<12}{r['n']:>6}{r['floor_ms']:>10.2f}{r['ours_ms']:>10.2f}{pml_ms:>10}{r['ours_over_floor']:>12.2f}{ratio:>10}"
+            f"{r['loss']:<20}{r['n']:>6}{r['floor_ms']:>10.2f}{r['ours_ms']:>10.2f}{pml_ms:>10}{r['ours_over_floor']:>12.2f}{ratio:>10}"
         )
     return {"suite": "losses", "dim": DIM, "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows}

@@ -17,6 +17,7 @@ refresh pass run every step / every ``refresh_every`` steps.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ def run_mining_bench(
         bank = ClassBank(num_classes, width, momentum=0.5)
         ids = rng.choice(num_classes, size=rows, replace=False)
         observed = _unit(rng, rows, width)
-        updates[f"{rows}x{width}"] = median_seconds(lambda b=bank, i=ids, o=observed: b.update(1, i, o), repeats)
+        updates[f"{rows}x{width}"] = median_seconds(partial(bank.update, 1, ids, observed), repeats)
     refresh_s = refresh_forward_seconds(repeats)
     rows_out: list[tuple[str, float | None]] = [
         ("training step (quickstart-like, 640 img fwd+bwd, 1 thread)", step_s),

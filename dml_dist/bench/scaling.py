@@ -56,7 +56,11 @@ def _peak_rss_mb() -> float:
 
 def _rank_main(rank: int, case: Case, port: int, out_dir: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(case.world_size), LOCAL_RANK=str(rank)
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(case.world_size),
+        LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=case.world_size)
@@ -64,7 +68,9 @@ def _rank_main(rank: int, case: Case, port: int, out_dir: str) -> None:
     per_rank = case.num_classes * 2 // case.world_size
     images = torch.randn(per_rank, 1, case.image_size, case.image_size)
     labels = torch.arange(rank * per_rank, (rank + 1) * per_rank) // 2
-    engine = build_engine(build_model(ModelConfig()), EngineConfig(zero_stage=1, precision="fp32"), per_rank, False, rank)
+    engine = build_engine(
+        build_model(ModelConfig()), EngineConfig(zero_stage=1, precision="fp32"), per_rank, False, rank
+    )
     loss_fn = build_loss("npair_mc", temperature=0.1)
     collectives.barrier()
     rss_before = _peak_rss_mb()

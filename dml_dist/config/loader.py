@@ -130,6 +130,8 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
             raise ValueError(f"{name}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            value = _yaml_11_float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name}: expected a number, got {value!r}")
         return float(value)
@@ -138,6 +140,13 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
             raise ValueError(f"{name}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _yaml_11_float(text: str) -> str | float:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:

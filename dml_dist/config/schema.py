@@ -83,13 +83,17 @@ class ModelConfig:
     """The embedding network."""
 
     backbone: str = "small_cnn"
-    """Backbone name; ``small_cnn`` is a GroupNorm conv net for small grayscale images."""
+    """Backbone name: ``small_cnn`` (a GroupNorm conv net for small grayscale images), or the papers'
+    ImageNet backbones ``resnet50``, ``bn_inception``, ``googlenet`` (frozen BN; see ``pretrained``)."""
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     """Output channels of the conv stages (each stage halves the resolution)."""
     embedding_dim: int = 128
     """D: size of the embedding produced by the linear head."""
     in_channels: int = 1
     """Input image channels (1 grayscale, 3 RGB); must equal ``data.channels``."""
+    pretrained: str | None = None
+    """ImageNet weights for ``resnet50``/``bn_inception``/``googlenet``: a state-dict file (.pt/.pth)
+    loaded into the backbone; null = random init. Nothing is downloaded."""
 
 
 @dataclass
@@ -190,6 +194,12 @@ class TrainConfig:
     """Evaluate retrieval every this many steps (and always at the end); 0 = only at the end."""
     checkpoint_every: int = 0
     """Save a checkpoint every this many steps (and always at the end); 0 = only at the end."""
+    keep_checkpoints: int = 3
+    """Complete checkpoints kept in the run directory (older ones are deleted); 0 = all."""
+    max_failures: int = 2
+    """Times Ray Train restarts a failed worker group from the latest checkpoint before giving up."""
+    max_nonfinite_steps: int = 5
+    """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
 
 
 @dataclass
@@ -197,9 +207,40 @@ class EvalConfig:
     """Retrieval evaluation on held-out classes (faiss)."""
 
     recall_at: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    """The K of Recall@K."""
+    """The K of Recall@K (used when ``protocol`` is null)."""
     batch_size: int = 512
     """Images per forward pass when embedding the evaluation set."""
+    protocol: str | None = None
+    """A data set's published K list: ``cub200``/``cars196`` (1-32), ``sop`` (1-1000), ``inshop``
+    (1-50, query vs gallery when the shards list the roles); null = ``recall_at``."""
+    block_size: int = 1024
+    """Queries searched at once: memory is block_size x max K neighbour ids, whatever the set size."""
+    nmi: bool = True
+    """Also cluster the embeddings with faiss k-means (one centroid per class) and report NMI."""
+    gallery_queries: int = 8
+    """Queries (one per held-out class) shown in ``gallery.png`` at the end of training; 0 = none."""
+    gallery_top_k: int = 5
+    """Retrieved images shown per query in ``gallery.png`` (wrong ones framed in red)."""
+
+    def ks(self) -> list[int]:
+        """The K of Recall@K: the protocol's list, or ``recall_at``."""
+        from dml_dist.eval.retrieval import PROTOCOLS
+
+        return list(PROTOCOLS[self.protocol]) if self.protocol is not None else list(self.recall_at)
+
+    def validate(self) -> None:
+        """Ranges of the eval fields; ``ValueError`` naming the field."""
+        from dml_dist.eval.retrieval import PROTOCOLS
+
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"eval.protocol: unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}, or null"
+            )
+        for name in ("block_size", "gallery_top_k"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"eval.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.gallery_queries < 0:
+            raise ValueError(f"eval.gallery_queries: expected 0 or more, got {self.gallery_queries}")
 
 
 @dataclass
@@ -244,6 +285,7 @@ class ExperimentConfig:
             raise ValueError(f"model.channels: expected a non-empty list of positive ints, got {self.model.channels}")
         if not self.eval.recall_at or any(k <= 0 for k in self.eval.recall_at):
             raise ValueError(f"eval.recall_at: expected positive ints, got {self.eval.recall_at}")
+        self.eval.validate()
         if self.batch.num_classes % self.train.workers != 0:
             raise ValueError(
                 f"batch.num_classes: the global batch of {self.batch.num_classes} classes must divide "
@@ -259,7 +301,9 @@ class ExperimentConfig:
             raise ValueError(f"engine.lr_scaling: expected none, linear or sqrt, got {self.engine.lr_scaling!r}")
         _positive("engine.lr_reference_classes", self.engine.lr_reference_classes)
         if self.batch.chunk_size < 0:
-            raise ValueError(f"batch.chunk_size: expected 0 (off) or a positive number of images, got {self.batch.chunk_size}")
+            raise ValueError(
+                f"batch.chunk_size: expected 0 (off) or a positive number of images, got {self.batch.chunk_size}"
+            )
         if self.engine.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"engine.precision: expected auto, fp32 or bf16, got {self.engine.precision!r}")
         if not 0.0 <= self.mining.random_share <= 1.0:

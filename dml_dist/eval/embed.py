@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dml_dist.data.images import decode_batch
-from dml_dist.data.shards import stream_samples
+from dml_dist.data.shards import expand_urls, iter_tar_samples
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -46,15 +46,43 @@ def embed_shards(
     channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [n, D], labels [n]) of every sample of a shard directory."""
+    emb, labels, _ = embed_shards_keyed(model, directory, image_size, batch_size, device, channels)
+    return emb, labels
+
+
+def embed_shards_keyed(
+    model: nn.Module,
+    directory: str | Path,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    channels: int = 1,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(embeddings [n, D], labels [n], sample keys [n]) of every sample of a shard directory."""
     labels: list[int] = []
+    keys: list[str] = []
 
     def images() -> Iterator[bytes]:
-        for png, label in stream_samples(directory):
-            labels.append(label)
-            yield png
+        for url in expand_urls(directory):
+            for key, label, image in iter_tar_samples(url):
+                keys.append(key)
+                labels.append(label)
+                yield image
 
     emb = embed_encoded(model, images(), image_size, batch_size, device, channels)
-    return emb, np.asarray(labels, dtype=np.int64)
+    return emb, np.asarray(labels, dtype=np.int64), keys
+
+
+def read_images(directory: str | Path, keys: set[str]) -> dict[str, bytes]:
+    """The encoded images of the samples named ``keys`` in a shard directory (one pass)."""
+    found: dict[str, bytes] = {}
+    for url in expand_urls(directory):
+        for key, _, image in iter_tar_samples(url):
+            if key in keys:
+                found[key] = image
+        if len(found) == len(keys):
+            break
+    return found
 
 
 def list_images(folder: str | Path) -> list[Path]:

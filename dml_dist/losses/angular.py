@@ -51,16 +51,16 @@ class AngularLoss(MetricLoss):
         self.sq_tan = math.tan(math.radians(alpha)) ** 2
         self.npair = NPairMCLoss(l2_reg=l2_reg) if with_npair else None
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         anchor_B, positive_N = torch.nonzero(pos_BN, as_tuple=True)  # pairs (anchor, positive), [Q]
         loss = a_BD.sum() * 0.0
         if anchor_B.numel() > 0:
             a_QD, p_QD = a_BD[anchor_B], r_ND[positive_N]
-            f_QN = 4 * self.sq_tan * ((a_QD + p_QD) @ r_ND.T) - 2 * (1 + self.sq_tan) * (a_QD * p_QD).sum(1, keepdim=True)
+            f_QN = 4 * self.sq_tan * ((a_QD + p_QD) @ r_ND.T) - 2 * (1 + self.sq_tan) * (a_QD * p_QD).sum(
+                1, keepdim=True
+            )
             terms = F.softplus(masked_logsumexp(f_QN, neg_BN[anchor_B]))
             loss = terms.sum() / max(num_ordered_pairs(ref_labels_N)[0], 1)
         if self.npair is not None:

@@ -31,9 +31,7 @@ class BinomialDevianceLoss(MetricLoss):
         super().__init__()
         self.alpha, self.beta, self.cost = alpha, beta, cost
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = a_BD @ r_ND.T
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)

@@ -67,9 +67,7 @@ class ContrastiveLoss(MetricLoss):
         neg_t = torch.relu(self.neg_margin - dist_XN).pow(self.power) / self.power * neg
         return pos_t, neg_t
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         dist_BN = euclidean_from_sq(squared_distances(a_BD, r_ND, self.normalize))

@@ -71,9 +71,7 @@ class _DROBase(MetricLoss):
             pos, neg = 1 - sim, torch.relu(sim - lam)
         return torch.where(is_pos, pos, neg)
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         loss_BN = self.pair_losses(a_BD @ r_ND.T, pos_BN)

@@ -72,9 +72,7 @@ class HistogramLoss(MetricLoss):
         left, right_w = self._position(sim)
         return ((1 - right_w) * table[left] + right_w * table[left + 1]).sum()
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = (a_BD @ r_ND.T).clamp(-1, 1)
         pos_BN, neg_BN = _upper_masks(labels_B, ref_labels_N, ref_start)

@@ -50,9 +50,7 @@ class LiftedStructureLoss(MetricLoss):
         dist_XN = euclidean_from_sq(squared_distances(x_XD, r_ND, self.normalize))
         return masked_logsumexp(self.margin - dist_XN, labels_X[:, None] != ref_labels_N[None, :])
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         dist_BN = euclidean_from_sq(squared_distances(a_BD, r_ND, self.normalize))

@@ -71,9 +71,7 @@ class MarginLoss(MetricLoss):
         beta = self.beta.to(torch.float32) if self.beta.dtype in (torch.float16, torch.bfloat16) else self.beta
         return (beta[labels_X] if self.per_class else beta.expand(labels_X.shape[0]))[:, None]
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         dist_BN = euclidean_from_sq(squared_distances(a_BD, r_ND, True))

@@ -54,9 +54,7 @@ class MultiSimilarityLoss(MetricLoss):
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
         self.mining, self.skip_one_sided = mining, skip_one_sided
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = a_BD @ r_ND.T
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)

@@ -36,9 +36,7 @@ class NCALoss(MetricLoss):
             raise ValueError(f"loss.scale: expected > 0, got {scale}")
         self.scale, self.normalize = scale, normalize
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         logits_BN = -self.scale * squared_distances(a_BD, r_ND, self.normalize)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)

@@ -36,7 +36,9 @@ from dml_dist.losses.pairs import is_whole, label_masks, prepare, squared_distan
 MINING = ("all", "semihard", "hard")
 
 
-def _triplet_sums(dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float, semihard: bool) -> tuple[Tensor, Tensor]:
+def _triplet_sums(
+    dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float, semihard: bool
+) -> tuple[Tensor, Tensor]:
     """(sum of hinge terms, number of non-zero terms) over all (semi-hard) triplets of the rows."""
     inf = torch.finfo(dist_XN.dtype).max
     neg_sorted_XN = dist_XN.masked_fill(~neg_XN, inf).sort(dim=1).values
@@ -90,9 +92,7 @@ class TripletLoss(MetricLoss):
             return terms.sum(), (terms > 0).sum()
         return _triplet_sums(dist, pos, neg, self.margin, self.mining == "semihard")
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         if not pos_BN.any() and is_whole(emb_BD, ref_ND):

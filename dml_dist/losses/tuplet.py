@@ -24,7 +24,6 @@ log-sum-exp per anchor row. Work B x N x D.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -48,9 +47,7 @@ class TupletLoss(MetricLoss):
             raise ValueError(f"loss.temperature: expected > 0 or null, got {temperature}")
         self.l2_reg, self.temperature = l2_reg, temperature
 
-    def compute(
-        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int
-    ) -> Tensor:
+    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.temperature is not None)
         sim_BN = a_BD @ r_ND.T
         if self.temperature is not None:

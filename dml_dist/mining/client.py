@@ -2,7 +2,9 @@
 
 ``MiningClient`` asks the service for step t+1's classes while step t trains and waits for the
 answer at most ``timeout_s``; when the service is slow, dead or restarting it falls back to
-random classes for that step and counts the fallback. Ray restarts a dead service, which
+random classes for that step and counts the fallback, as it does when the service answers with
+random classes because it is not warm yet (each fallback says why: ``timeout``,
+``unavailable``, ``warmup`` or ``graph_pending``). Ray restarts a dead service, which
 restores its bank from the last save, so later requests are answered again. Answers may carry
 ``stale_classes`` for rank 0 to re-embed (``mining/refresh.py``). ``RandomClasses`` is the null
 object used when mining is off, so the training loop has no ``if mining:`` branches.
@@ -57,14 +59,22 @@ class MiningClient(RandomClasses):
         import ray
 
         ref = self.pending.pop(step, None)
+        reason = "unavailable"  # no request could be sent
         if ref is not None:
             try:
                 answer: dict[str, Any] = ray.get(ref, timeout=self.timeout_s)
-                return answer
-            except Exception:  # timeout, actor died or restarting: never block training
-                pass
+            except ray.exceptions.GetTimeoutError:  # slow, or restarting: never block training
+                reason = "timeout"
+            except Exception:  # the actor died with the request
+                reason = "unavailable"
+            else:
+                if answer.get("mined", False):
+                    return answer
+                # The service answered with random classes (cold bank, or no graph yet).
+                self.fallbacks += 1
+                return {**answer, "fallback": True, "fallback_reason": answer.get("reason", "warmup")}
         self.fallbacks += 1
-        return {**super().classes_for(step), "fallback": True}
+        return {**super().classes_for(step), "fallback": True, "fallback_reason": reason}
 
     def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
         # Fire and forget: a lost publish only ages the bank.

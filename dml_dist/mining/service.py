@@ -27,6 +27,7 @@ is down, the client falls back to random classes (``mining/client.py``).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -118,8 +119,8 @@ class MiningService:
         selection_seconds = time.perf_counter() - started
         self._selection_seconds = [*self._selection_seconds[-99:], selection_seconds]
         self._num_selections += 1
-        seen = [c for c in classes if self.bank.last_step[c] >= 0]
-        hardness = nearest_negative_similarity(self.bank.embeddings, np.asarray(seen))
+        chosen = np.asarray(classes, dtype=np.int64)
+        hardness = nearest_negative_similarity(self.bank.embeddings, chosen[self.bank.last_step[chosen] >= 0])
         age = self.bank.refresh_age(self.latest_step)
         answer: dict[str, Any] = {
             "classes": classes,
@@ -130,6 +131,8 @@ class MiningService:
             "coverage": self.bank.coverage(),
             "negative_similarity": None if np.isnan(hardness) else hardness,
         }
+        if not mined:
+            answer["reason"] = "warmup" if not self.is_warm() else "graph_pending"
         every = self.config.refresh_every
         if every > 0 and step > 0 and step % every == 0:
             answer["stale_classes"] = self.stale_classes(
@@ -192,6 +195,7 @@ class MiningService:
         times = self._selection_seconds
         graph = self.graph
         return {
+            "pid": os.getpid(),
             "latest_step": self.latest_step,
             "coverage": self.bank.coverage(),
             "warm": self.is_warm(),

@@ -11,7 +11,8 @@ Names carry units; every series has the labels ``job`` and ``rank``:
 - ``dml_dist_memory_gpu_peak_bytes``: peak GPU memory allocated by torch (GPU workers only);
 - ``dml_dist_mining_refresh_age_steps{stat="max"|"mean"}``: age of the class bank;
 - ``dml_dist_mining_selection_seconds``: time the service took to pick the last batch;
-- ``dml_dist_mining_fallbacks_total``: steps that fell back to random classes;
+- ``dml_dist_mining_fallbacks_total``: steps that fell back to random classes (service slow,
+  dead, or not warm yet);
 - ``dml_dist_mining_negative_similarity``: how hard the last batch is: mean over its classes of
   the cosine similarity (by the class bank) to the closest other class of the batch;
 - ``dml_dist_eval_recall{k="1"...}``: the last held-out Recall@K;
@@ -92,7 +93,7 @@ class PrometheusMetrics(NullMetrics):
         self._recall = gauge("dml_dist_eval_recall", "Held-out Recall@K", ("k",))
         self._steps = counter("dml_dist_steps", "Training steps done")
         self._fallbacks = counter(
-            "dml_dist_mining_fallbacks", "Steps that used random classes because the service did not answer"
+            "dml_dist_mining_fallbacks", "Steps that used random classes (service slow, dead or not warm)"
         )
         self._data_skips = counter(
             "dml_dist_data_skipped_samples",

@@ -18,9 +18,13 @@ from dml_dist.config.loader import config_to_dict, save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import resolve_data
 from dml_dist.data.shards import IndexedShards
+from dml_dist.losses import build_loss
 from dml_dist.mining.service import BANK_FILE, start_mining_actor
-from dml_dist.train import run_files
-from dml_dist.train.loop import WorkerPlan, train_loop_per_worker
+from dml_dist.models.embedder import check_pretrained_weights
+from dml_dist.observability.plots import write_training_curves
+from dml_dist.train import checkpoint, run_files
+from dml_dist.train.errors import TrainingStopped
+from dml_dist.train.loop import NONFINITE_MARK, WorkerPlan, train_loop_per_worker
 
 
 def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
@@ -46,24 +50,42 @@ def init_ray(address: str | None, workers: int) -> None:
         ray.init(address="local", num_cpus=max(workers, 2), dashboard_host="127.0.0.1", log_to_driver=True)
 
 
-def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
-    """Train as configured; returns the final ``eval.json`` contents."""
-    from ray.train import RunConfig, ScalingConfig
+def run_training(
+    config: ExperimentConfig, run_dir: Path, address: str | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train as configured; returns the final ``eval.json`` contents.
+
+    ``resume`` continues the run in ``run_dir`` from its latest intact checkpoint; without it a
+    run directory that already holds checkpoints is refused, so nothing written is overwritten.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
     paths = resolve_data(config.data)
     shards = IndexedShards(paths.train)
     check_batch_fits(config, shards.num_classes)
+    check_pretrained_weights(config.model)  # before Ray starts: one clear line, not a worker traceback
     run_dir = run_dir.resolve()
+    checkpoints = run_dir / run_files.CHECKPOINTS
+    if not resume and checkpoint.has_checkpoints(checkpoints):
+        raise ValueError(
+            f"--run-dir {run_dir} already holds checkpoints: pass --resume to continue that run, "
+            "or choose another --run-dir"
+        )
+    if resume and checkpoint.latest_good(checkpoints) is None:
+        raise ValueError(f"--resume: {checkpoints} holds no complete checkpoint to resume from")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / run_files.METRICS).unlink(missing_ok=True)
+    if not resume:
+        (run_dir / run_files.METRICS).unlink(missing_ok=True)
     save_config(config, run_dir / run_files.CONFIG)
     init_ray(address, config.train.workers)
     job_name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
     actor = None
     if config.mining.enabled:
         # A fresh run starts with an empty bank; the file is what a restarted actor restores.
-        (run_dir / BANK_FILE).unlink(missing_ok=True)
+        if not resume:
+            (run_dir / BANK_FILE).unlink(missing_ok=True)
         actor = start_mining_actor(
             job_name,
             shards.num_classes,
@@ -88,7 +110,11 @@ def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = 
             use_gpu=config.train.use_gpu,
             resources_per_worker=_worker_resources(config),
         ),
-        run_config=RunConfig(name=job_name, storage_path=str(run_dir / "ray")),
+        run_config=RunConfig(
+            name=job_name,
+            storage_path=str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+        ),
     )
     print(
         f"train: {config.train.workers} workers, global batch {config.batch.num_classes} classes x "
@@ -96,12 +122,21 @@ def run_training(config: ExperimentConfig, run_dir: Path, address: str | None = 
         flush=True,
     )
     started = time.perf_counter()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:
+        _finish_mining(actor)
+        if NONFINITE_MARK in str(err):
+            reason = str(err)[str(err).index(NONFINITE_MARK) :].splitlines()[0]
+            raise TrainingStopped(reason) from err
+        raise
     mining_stats = _finish_mining(actor)
     result: dict[str, Any] = json.loads((run_dir / run_files.EVAL).read_text())
     if mining_stats:
         result["mining"] = mining_stats
+        run_files.write_json_atomic(run_dir / "mining.json", mining_stats)
     result["train_seconds"] = time.perf_counter() - started
+    result["curves"] = str(write_training_curves(run_dir))
     return result
 
 

@@ -11,6 +11,7 @@ mining service, logs, and evaluates every ``eval_every`` steps; every rank check
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -27,17 +28,24 @@ from dml_dist.data.loader import build_loader
 from dml_dist.data.sampler import random_classes
 from dml_dist.data.shards import skipped_samples_total
 from dml_dist.dist import collectives
-from dml_dist.eval.embed import embed_shards
-from dml_dist.eval.retrieval import format_recall_table, recall_at_k
+from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
+from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.losses import build_loss
 from dml_dist.mining.client import MiningClient, RandomClasses
 from dml_dist.mining.refresh import refresh_stale_classes
 from dml_dist.mining.service import BANK_FILE
 from dml_dist.models import build_model
+from dml_dist.models.embedder import EmbedderWithLoss
 from dml_dist.observability.metrics import NullMetrics, PrometheusMetrics
-from dml_dist.train import run_files
+from dml_dist.train import checkpoint, run_files
 from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.step import optimizer_step
+
+NONFINITE_MARK = "non-finite loss:"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -87,11 +95,39 @@ class Trainer:
         self.local_batch = config.batch.num_classes // self.world_size * config.batch.images_per_class
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         engine_config = dataclasses.replace(config.engine, lr=config.engine.scaled_lr(config.batch.num_classes))
-        self.engine = build_engine(build_model(config.model), engine_config, self.local_batch, use_gpu, local_rank)
-        self.loss_fn = build_loss(config.loss.name, **config.loss.params)
+        trained = EmbedderWithLoss(build_model(config.model), build_loss(config.loss.name, **config.loss.params))
+        self.engine = build_engine(trained, engine_config, self.local_batch, use_gpu, local_rank)
+        self.embedder = self.engine.module.embedder
+        self.loss_fn = self.engine.module.loss
         self.classes = self._class_source()
         self.metrics = self._metrics_sink()
         self.eval_history: list[dict[str, Any]] = []
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self.start_step = self._resume()
+
+    def _resume(self) -> int:
+        """Restore the latest intact checkpoint of this run directory, if any; returns its step.
+
+        Ray Train calls the loop again after a worker failure, and ``dml-dist train --resume``
+        starts it on a run directory with checkpoints: both continue from here.
+        """
+        checkpoints = self.run_dir / run_files.CHECKPOINTS
+        good = checkpoint.latest_good(checkpoints)
+        if good is None:
+            return 0
+        state = checkpoint.load(self.engine, checkpoints, good)
+        step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.rank == 0:
+            print(f"resuming from {checkpoints / good.tag} at step {step}", flush=True)
+            run_files.append_jsonl(self.run_dir / "resumes.jsonl", {"resumed_from": step, "time": time.time()})
+            run_files.truncate_metrics(self.run_dir / run_files.METRICS, after_step=step)
+            eval_file = self.run_dir / run_files.EVAL
+            if eval_file.is_file():
+                history = json.loads(eval_file.read_text())["history"]
+                self.eval_history = [h for h in history if h["step"] <= step]
+        return step
 
     def _class_source(self) -> RandomClasses:
         args = (self.config.train.seed, self.loader.num_classes, self.config.batch.num_classes)
@@ -110,11 +146,12 @@ class Trainer:
 
     def run(self) -> None:
         steps = self.config.train.steps
-        if self.rank == 0:
+        if self.rank == 0 and not self.eval_history:
             self.evaluate(step=0)
-        self.classes.request(0)
-        for step in range(steps):
+        self.classes.request(self.start_step)
+        for step in range(self.start_step, steps):
             row = self.train_step(step)
+            self._count_nonfinite(step, row)
             done = step + 1
             if self.rank == 0 and (done % self.config.train.log_every == 0 or done == steps):
                 run_files.append_jsonl(self.run_dir / run_files.METRICS, row)
@@ -129,10 +166,24 @@ class Trainer:
                 self.save_checkpoint(done)
         if self.rank == 0:
             run_files.save_embedder(
-                self.run_dir / run_files.EMBEDDER, self.engine.module, config_to_dict(self.config), steps
+                self.run_dir / run_files.EMBEDDER, self.embedder, config_to_dict(self.config), steps
             )
         self.metrics.close()
         self._report_to_ray()
+
+    def _count_nonfinite(self, step: int, row: dict[str, Any]) -> None:
+        """Skipped steps are counted; too many in a row stop the job with the step and loss."""
+        if not row["skipped"]:
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_in_a_row += 1
+        print(f"step {step + 1}: loss {row['loss']} or a gradient is not finite; step skipped", flush=True)
+        if self.nonfinite_in_a_row >= self.config.train.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{NONFINITE_MARK} step {step + 1} had loss {row['loss']}, the {self.nonfinite_in_a_row}th step in a "
+                f"row with a non-finite loss or gradient (train.max_nonfinite_steps="
+                f"{self.config.train.max_nonfinite_steps}); lower engine.lr or enable engine.gradient_clipping"
+            )
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimizer step on the global batch; returns the row logged to metrics.jsonl."""
@@ -150,10 +201,13 @@ class Trainer:
             self.config.batch.chunk_size,
         )
         loss, ref_ND = result.loss, result.ref_ND
-        if self.rank == 0:
+        self.skipped_steps += int(result.skipped)
+        if self.rank == 0 and not result.skipped:
             self.classes.publish(step, np.asarray(answer["classes"]), self._class_embeddings(ref_ND))
         stale = answer.get("stale_classes", [])  # every refresh_every steps: re-embed stale classes
-        refresh_stale_classes(self.engine.module, self.loader, self.classes, step, stale, self.config, self.device, self.dtype)
+        refresh_stale_classes(
+            self.embedder, self.loader, self.classes, step, stale, self.config, self.device, self.dtype
+        )
         step_seconds = time.perf_counter() - started
         global_samples = ref_ND.shape[0]
         self.metrics.observe_step(
@@ -163,6 +217,9 @@ class Trainer:
             "step": step + 1,
             "loss": loss,
             "samples_per_second": global_samples / step_seconds,
+            "global_batch": global_samples,
+            "skipped": result.skipped,
+            "skipped_steps": self.skipped_steps,
             "step_seconds": step_seconds,
             "data_seconds": data_seconds,
             **{f"{name}_seconds": value for name, value in result.seconds.items()},
@@ -193,15 +250,17 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         """Held-out Recall@K with faiss; writes eval.json (rank 0 only)."""
         started = time.perf_counter()
-        emb, labels = embed_shards(
-            self.engine.module,
+        held = evaluate_shards(
+            self.embedder,
             self.plan.eval_shards,
-            self.config.data.decode_size,
-            self.config.eval.batch_size,
+            self.config.data,
+            self.config.eval,
             self.device,
-            channels=self.config.data.channels,
+            self.config.train.seed,
         )
-        recall = recall_at_k(emb, labels, self.config.eval.recall_at)
+        labels, recall = held.labels, held.report.recall  # every metric: eval.json "metrics" (eval/retrieval.py)
+        if step == self.config.train.steps:
+            write_run_gallery(self.run_dir, held, self.plan.eval_shards, self.config)
         self.eval_history.append({"step": step, "recall": {str(k): v for k, v in recall.items()}})
         self.metrics.observe_eval(recall)
         untrained = self.eval_history[0]["recall"]
@@ -214,6 +273,7 @@ class Trainer:
             "eval_shards": self.plan.eval_shards,
             "job": self.plan.job_name,
             "history": self.eval_history,
+            "metrics": held.report.as_dict(),
         }
         run_files.write_json_atomic(self.run_dir / run_files.EVAL, result)
         table = format_recall_table({"untrained": {int(k): v for k, v in untrained.items()}, f"step {step}": recall})
@@ -223,11 +283,16 @@ class Trainer:
         )
 
     def save_checkpoint(self, step: int) -> None:
-        """DeepSpeed checkpoint of every rank's engine state under checkpoints/step-NNNNNN."""
-        self.engine.save_checkpoint(
-            str(self.run_dir / run_files.CHECKPOINTS), tag=f"step-{step:06d}", client_state={"step": step}
-        )
+        """Engine state of every rank plus our client state, sealed when complete (``checkpoint.py``).
+
+        The sampler needs no state of its own (it is a pure function of seed and step); the
+        mining bank is saved beside the checkpoints by the service.
+        """
         self.classes.save_bank(str(self.run_dir / BANK_FILE))  # the mining bank (rank 0; a no-op elsewhere)
+        client_state = {"step": step, "seed": self.config.train.seed, "skipped_steps": self.skipped_steps}
+        checkpoint.save(
+            self.engine, self.run_dir / run_files.CHECKPOINTS, step, client_state, self.config.train.keep_checkpoints
+        )
 
     def _report_to_ray(self) -> None:
         import ray.train

@@ -32,6 +32,16 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop rows of steps after ``after_step`` (a resumed run logs them again)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(row + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
 def save_embedder(path: Path, model: torch.nn.Module, config: dict[str, Any], step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}

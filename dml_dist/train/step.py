@@ -24,6 +24,7 @@ DeepSpeed refuses under ZeRO 2 and 3).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,11 +40,16 @@ LossFn = Callable[..., torch.Tensor]
 
 @dataclass
 class StepResult:
-    """What one step produced: the global loss, the gathered embeddings, and where time went."""
+    """What one step produced: the global loss, the gathered embeddings, and where time went.
+
+    ``skipped`` is true when the global loss or a gradient was not finite: then no parameter
+    changed (every rank takes the same decision, from all-reduced values).
+    """
 
     loss: float
     ref_ND: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
 
 
 class _Clock:
@@ -57,7 +63,9 @@ class _Clock:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def optimizer_step(engine: Any, loss_fn: LossFn, images: torch.Tensor, labels_B: torch.Tensor, chunk_size: int = 0) -> StepResult:
+def optimizer_step(
+    engine: Any, loss_fn: LossFn, images: torch.Tensor, labels_B: torch.Tensor, chunk_size: int = 0
+) -> StepResult:
     """One step of ``engine`` on this rank's ``images`` [B, ...] and ``labels_B`` (see module doc)."""
     if 0 < chunk_size < images.shape[0]:
         return _cached_gradient_step(engine, loss_fn, images, labels_B, chunk_size)
@@ -69,11 +77,12 @@ def _plain_step(engine: Any, loss_fn: LossFn, images: torch.Tensor, labels_B: to
     with clock("forward"):
         emb_BD = engine(images).float()
     share, ref_ND = _loss_share(loss_fn, emb_BD, labels_B, clock)
+    loss = float(collectives.all_reduce_sum(share))
+    if not math.isfinite(loss):
+        return StepResult(loss, ref_ND.detach(), clock.seconds, skipped=True)
     with clock("backward"):
         engine.backward(collectives.scale_for_gradient_averaging(share))
-    with clock("optimizer"):
-        engine.step()
-    return StepResult(float(collectives.all_reduce_sum(share)), ref_ND.detach(), clock.seconds)
+    return _finish(engine, loss, ref_ND, clock)
 
 
 def _cached_gradient_step(
@@ -89,6 +98,9 @@ def _cached_gradient_step(
             parts.append(engine(chunk).float())
     emb_BD = torch.cat(parts).requires_grad_(True)
     share, ref_ND = _loss_share(loss_fn, emb_BD, labels_B, clock)
+    loss = float(collectives.all_reduce_sum(share))
+    if not math.isfinite(loss):
+        return StepResult(loss, ref_ND.detach(), clock.seconds, skipped=True)
     with clock("backward"):
         collectives.scale_for_gradient_averaging(share).backward()
         assert emb_BD.grad is not None
@@ -97,12 +109,33 @@ def _cached_gradient_step(
             _set_rng_state(chunk.device, state)
             engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             engine.backward((engine(chunk).float() * grad).sum())
+    return _finish(engine, loss, ref_ND, clock)
+
+
+def _finish(engine: Any, loss: float, ref_ND: torch.Tensor, clock: _Clock) -> StepResult:
+    """Step the optimizer unless some rank holds a non-finite gradient (then drop them all)."""
     with clock("optimizer"):
+        if not _gradients_finite(engine.module):
+            engine.zero_grad()
+            return StepResult(loss, ref_ND.detach(), clock.seconds, skipped=True)
         engine.step()
-    return StepResult(float(collectives.all_reduce_sum(share)), ref_ND.detach(), clock.seconds)
+    return StepResult(loss, ref_ND.detach(), clock.seconds)
 
 
-def _loss_share(loss_fn: LossFn, emb_BD: torch.Tensor, labels_B: torch.Tensor, clock: _Clock) -> tuple[torch.Tensor, torch.Tensor]:
+def _gradients_finite(model: torch.nn.Module) -> bool:
+    """All ranks agree: 1 when every gradient this rank holds is finite, summed over ranks.
+
+    Under ZeRO 2/3 gradients live in the optimizer's partitions, not in ``.grad``; there the
+    finite loss check above is what guards the step.
+    """
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+    flags = collectives.all_reduce_sum(torch.tensor(float(finite)))
+    return int(flags) == collectives.world_size()
+
+
+def _loss_share(
+    loss_fn: LossFn, emb_BD: torch.Tensor, labels_B: torch.Tensor, clock: _Clock
+) -> tuple[torch.Tensor, torch.Tensor]:
     with clock("all_gather"):
         ref_ND = collectives.gather_with_grad(emb_BD)
         ref_labels_N = collectives.gather_no_grad(labels_B)

@@ -99,3 +99,39 @@ def distributed_gradients(world_size: int, spec: StepSpec, tmp: Path) -> tuple[d
     mp.spawn(_rank_main, args=(world_size, _free_port(), spec, str(out)), nprocs=world_size, join=True)
     saved = torch.load(out, weights_only=True)
     return saved["grads"], float(saved["loss"])
+
+
+def _every_loss_rank_main(rank: int, world_size: int, port: int, out: str) -> None:
+    """Two real optimizer steps of every registered loss through DeepSpeed on this rank."""
+    from dml_dist.losses import LOSSES
+    from dml_dist.models.embedder import EmbedderWithLoss
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    spec = StepSpec(num_classes=8)
+    images, labels = global_batch(spec, world_size, rank)
+    # Four images per class (two copies of each pair, jittered) so every loss has positives and negatives.
+    images = torch.cat([images, images + 0.05 * torch.randn_like(images)])
+    labels = torch.cat([labels, labels])
+    report = {}
+    for name in sorted(LOSSES):
+        torch.manual_seed(0)
+        module = EmbedderWithLoss(build_model(spec.model), build_loss(name))
+        before = [p.detach().clone() for p in module.parameters()]
+        engine = build_engine(module, EngineConfig(zero_stage=1, lr=1e-2), images.shape[0], False, rank)
+        losses = [optimizer_step(engine, engine.module.loss, images, labels).loss for _ in range(2)]
+        moved = [not torch.equal(b, a.detach()) for b, a in zip(before, engine.module.parameters(), strict=True)]
+        report[name] = {"losses": losses, "all_parameters_moved": all(moved)}
+    if rank == 0:
+        torch.save(report, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def every_loss_two_steps(world_size: int, tmp: Path) -> dict:
+    out = tmp / "every-loss.pt"
+    mp.spawn(_every_loss_rank_main, args=(world_size, _free_port(), str(out)), nprocs=world_size, join=True)
+    return torch.load(out, weights_only=True)

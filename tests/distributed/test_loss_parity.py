@@ -40,17 +40,19 @@ def _grads(name: str, inputs: torch.Tensor, labels: torch.Tensor, weight: torch.
     rows = NUM_ROWS // world
     emb = inputs[rank * rows : (rank + 1) * rows] @ w
     local_labels = labels[rank * rows : (rank + 1) * rows]
-    if world == 1:
+    if world == 1:  # the single-process reference: plain autograd, no collectives
         share = loss_fn(emb, local_labels)
-    else:
-        ref, ref_labels = collectives.gather_with_grad(emb), collectives.gather_no_grad(local_labels)
-        share = loss_fn(emb, local_labels, ref, ref_labels, ref_start=rank * rows)
+        share.backward()
+        return share.detach(), [w.grad] + [
+            p.grad if p.grad is not None else torch.zeros_like(p) for p in loss_fn.parameters()
+        ]
+    ref, ref_labels = collectives.gather_with_grad(emb), collectives.gather_no_grad(local_labels)
+    share = loss_fn(emb, local_labels, ref, ref_labels, ref_start=rank * rows)
     collectives.scale_for_gradient_averaging(share).backward()
     grads = [w.grad] + [p.grad if p.grad is not None else torch.zeros_like(p) for p in loss_fn.parameters()]
-    if world > 1:
-        for g in grads:
-            dist.all_reduce(g)
-            g /= world
+    for g in grads:
+        dist.all_reduce(g)
+        g /= world
     return collectives.all_reduce_sum(share), grads
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -23,6 +24,17 @@ def _wait_for_restart(ray, actor, timeout_s: float = 60.0) -> dict:  # type: ign
             time.sleep(0.2)
 
 
+def _wait_until_gone(pid: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the killed actor's process {pid} is still alive")
+
+
 def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
     ray = ray_session
     num_classes, dim, n = 200, 16, 20
@@ -31,6 +43,10 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
     actor = start_mining_actor("test-restart", num_classes, dim, config, seed=0, checkpoint_path=str(bank_path))
     client = MiningClient(actor, timeout_s=5.0, seed=0, num_classes=num_classes, n=n)
     try:
+        # Cold bank: the service answers with random classes, which counts as a fallback.
+        client.request(1)
+        answer = client.classes_for(1)
+        assert answer["mined"] is False and answer["fallback_reason"] == "warmup" and client.fallbacks == 1
         # Near-duplicate pairs (2i, 2i + 1): a mined batch is made of whole pairs.
         rng = np.random.default_rng(0)
         centres = rng.standard_normal((num_classes // 2, dim))
@@ -38,31 +54,33 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         client.publish(1, np.arange(num_classes), emb.astype(np.float32))
         client.request(2)
         answer = client.classes_for(2)
-        assert answer["mined"] is True and client.fallbacks == 0
+        assert answer["mined"] is True and client.fallbacks == 1
         assert np.all(np.bincount(np.asarray(answer["classes"]) // 2) % 2 == 0)
 
         client.save_bank(str(bank_path))
-        assert ray.get(actor.stats.remote(), timeout=10)["latest_step"] == 1  # calls run in order: saved
-        assert bank_path.is_file()
+        stats = ray.get(actor.stats.remote(), timeout=10)
+        assert stats["latest_step"] == 1 and bank_path.is_file()  # calls run in order: saved
 
         # Kill the actor (Ray restarts it): the step falls back to random classes within the bound.
         client.timeout_s = config.timeout_s
         ray.kill(actor, no_restart=False)
+        _wait_until_gone(stats["pid"])
         client.request(3)
         started = time.perf_counter()
         answer = client.classes_for(3)
         waited = time.perf_counter() - started
         assert answer.get("fallback") is True and answer["mined"] is False
-        assert client.fallbacks == 1
+        assert answer["fallback_reason"] in ("timeout", "unavailable") and client.fallbacks == 2
         assert waited < config.timeout_s + 1.0
         assert len(set(answer["classes"])) == n
 
         # The restarted actor restored its bank from the saved file and mines again.
-        stats = _wait_for_restart(ray, actor)
-        assert stats["restored_step"] == 1 and stats["coverage"] == 1.0
+        restarted = _wait_for_restart(ray, actor)
+        assert restarted["pid"] != stats["pid"]
+        assert restarted["restored_step"] == 1 and restarted["coverage"] == 1.0
         client.timeout_s = 10.0
         client.request(4)
         answer = client.classes_for(4)
-        assert answer["mined"] is True and client.fallbacks == 1
+        assert answer["mined"] is True and client.fallbacks == 2
     finally:
         ray.kill(actor, no_restart=True)

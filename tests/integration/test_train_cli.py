@@ -35,6 +35,7 @@ def test_run_directory_holds_config_metrics_and_checkpoints(trained_run: Path) -
     tags = sorted(p.name for p in (trained_run / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["step-000030", "step-000060"]
     assert (trained_run / "embedder.pt").is_file()
+    assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_eval_and_embed_commands_read_the_run(trained_run: Path, small_data: DataConfig, tmp_path: Path) -> None:

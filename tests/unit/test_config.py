@@ -19,7 +19,9 @@ def test_quickstart_loads_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_values_as_yaml() -> None:
-    config = load_config(None, ["train.steps=7", "loss.temperature=null", "model.channels=[4, 8]", "mining.enabled=false"])
+    config = load_config(
+        None, ["train.steps=7", "loss.temperature=null", "model.channels=[4, 8]", "mining.enabled=false"]
+    )
     assert config.train.steps == 7 and config.loss.params["temperature"] is None
     assert config.model.channels == [4, 8] and config.mining.enabled is False
 
@@ -29,7 +31,10 @@ def test_overrides_parse_values_as_yaml() -> None:
     [
         (["train.stepz=3"], r"train.stepz: unknown key; valid keys: .*steps"),
         (["train.steps=many"], r"train.steps: expected an integer, got 'many'"),
-        (["batch.num_classes=321"], r"batch.num_classes: the global batch of 321 classes must divide evenly among train.workers=2"),
+        (
+            ["batch.num_classes=321"],
+            r"batch.num_classes: the global batch of 321 classes must divide evenly among train.workers=2",
+        ),
         (["engine.zero_stage=5"], r"engine.zero_stage: expected 0, 1, 2 or 3, got 5"),
         (["engine.optimizer=sgdx"], r"engine.optimizer: unknown optimizer 'sgdx'"),
         (["mining.random_share=2"], r"mining.random_share: expected a value in \[0, 1\]"),
@@ -48,3 +53,7 @@ def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ValueError, match="bad.yaml: expected a mapping"):
         load_config(bad)
+
+
+def test_exponent_floats_without_a_dot_are_numbers() -> None:
+    assert load_config(None, ["engine.lr=1e-4"]).engine.lr == 1e-4

@@ -152,7 +152,9 @@ def _loop_npair_ovo(emb, labels, l2_reg=0.002):  # type: ignore[no-untyped-def]
     anc = [emb[rows[c][0]] for c in classes]
     pos = [emb[rows[c][1]] for c in classes]
     n = len(classes)
-    total = sum(torch.log(1 + torch.exp(anc[i] @ pos[j] - anc[i] @ pos[i])) for i in range(n) for j in range(n) if j != i)
+    total = sum(
+        torch.log(1 + torch.exp(anc[i] @ pos[j] - anc[i] @ pos[i])) for i in range(n) for j in range(n) if j != i
+    )
     return total / n + l2_reg / 4 * (sum(a @ a for a in anc) / n + sum(p @ p for p in pos) / n)
 
 

@@ -224,9 +224,7 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
 
     model = build_model(config.model).train()
     recorder = Recorder()
-    done = refresh_stale_classes(
-        model, loader, recorder, 9, [5, 7, 11], config, torch.device("cpu"), torch.float32
-    )
+    done = refresh_stale_classes(model, loader, recorder, 9, [5, 7, 11], config, torch.device("cpu"), torch.float32)
     assert done == 3 and recorder.step == 9 and model.training
     assert sorted(recorder.class_ids.tolist()) == [5, 5, 7, 7, 11, 11]
     np.testing.assert_allclose(np.linalg.norm(recorder.emb, axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,154 @@
+"""Checkpoints that a reader never accepts half-written, and that load without unpickling code.
+
+Layout: ``RUN_DIR/checkpoints/step-NNNNNN/`` holds DeepSpeed's files for every rank (model,
+optimizer partitions, our ``client_state``) and, written last by rank 0 after every rank has
+saved, ``complete.json``: the step and the size and SHA-256 of every file. A checkpoint
+without that manifest, or whose files do not match it (truncated, corrupted, deleted), is
+skipped by ``latest_good`` with a message naming the problem, and the previous good one is used.
+``keep`` bounds how many complete checkpoints are retained.
+
+Loading goes through ``SafeCheckpointEngine``: ``torch.load(weights_only=True)`` with an
+explicit allowlist of the few DeepSpeed classes its files contain, instead of DeepSpeed's
+default ``weights_only=False`` (which would run arbitrary pickled code from a tampered file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dml_dist.dist import collectives
+
+MANIFEST = "complete.json"
+PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class GoodCheckpoint:
+    tag: str
+    step: int
+
+
+def tag_for(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> dict[str, Path]:
+    return {
+        str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+
+
+def write_manifest(directory: Path, step: int) -> None:
+    """Record every file of a finished checkpoint; written atomically, last."""
+    files = {name: {"size": p.stat().st_size, "sha256": _sha256(p)} for name, p in _files(directory).items()}
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    tmp.replace(directory / MANIFEST)
+
+
+def verify(directory: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else what is wrong with it."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return "no complete.json (the save did not finish)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        return "complete.json is not valid JSON"
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, expected {expected['size']} (truncated?)"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum (corrupted)"
+    return None
+
+
+def latest_good(checkpoint_dir: Path) -> GoodCheckpoint | None:
+    """The newest intact checkpoint, saying which newer ones were skipped and why."""
+    if not checkpoint_dir.is_dir():
+        return None
+    tags = sorted((p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX)), reverse=True)
+    for directory in tags:
+        problem = verify(directory)
+        if problem is None:
+            return GoodCheckpoint(directory.name, int(json.loads((directory / MANIFEST).read_text())["step"]))
+        print(f"checkpoint: skipping {directory}: {problem}", file=sys.stderr, flush=True)
+    return None
+
+
+def has_checkpoints(checkpoint_dir: Path) -> bool:
+    return checkpoint_dir.is_dir() and any(p.name.startswith(PREFIX) for p in checkpoint_dir.iterdir())
+
+
+def save(engine: Any, checkpoint_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> None:
+    """Save on every rank; rank 0 seals it with the manifest and prunes old checkpoints."""
+    tag = tag_for(step)
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+    collectives.barrier()
+    if collectives.rank() == 0:
+        write_manifest(checkpoint_dir / tag, step)
+        _prune(checkpoint_dir, keep)
+    collectives.barrier()
+
+
+def _prune(checkpoint_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    complete = sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load(engine: Any, checkpoint_dir: Path, good: GoodCheckpoint) -> dict[str, Any]:
+    """Restore engine state (model, optimizer, scheduler) from ``good``; returns the client state."""
+    use_safe_loading(engine)
+    _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=good.tag)
+    return dict(client_state or {})
+
+
+def use_safe_loading(engine: Any) -> None:
+    """Swap the engine's checkpoint engine for ``SafeCheckpointEngine`` (same files, safe load)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):  # type: ignore[misc, valid-type]
+        def load(self, path: str, map_location: Any = None) -> Any:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    current = engine.checkpoint_engine
+    if not isinstance(current, TorchCheckpointEngine) or type(current).__name__ == "SafeCheckpointEngine":
+        return
+    safe = SafeCheckpointEngine.__new__(SafeCheckpointEngine)
+    safe.__dict__.update(current.__dict__)
+    engine.checkpoint_engine = safe
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    """Plain data classes that DeepSpeed puts in its checkpoint files (no code runs on load)."""
+    import argparse
+    from collections import OrderedDict, defaultdict
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [OrderedDict, defaultdict, argparse.Namespace, LossScaler, ZeroStageEnum, fragment_address, dict, list]

@@ -1,0 +1,165 @@
+"""Faults survived and bad input refused, with real Ray workers, real processes killed, real
+checkpoints corrupted (see docs/reliability.md for the table these tests back)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dml_dist.cli import main
+from dml_dist.config.schema import DataConfig
+from dml_dist.train import checkpoint
+from tests.conftest import REPO
+
+
+def _train_args(small_data: DataConfig, run_dir: Path, steps: int, **overrides: object) -> list[str]:
+    proc = small_data.procedural
+    settings: dict[str, object] = {
+        "data.cache_dir": small_data.cache_dir,
+        "data.samples_per_shard": small_data.samples_per_shard,
+        "data.procedural.num_classes": proc.num_classes,
+        "data.procedural.num_test_classes": proc.num_test_classes,
+        "data.procedural.images_per_class": proc.images_per_class,
+        "batch.num_classes": 64,
+        "train.eval_every": 0,
+        "train.log_every": 1,
+        "metrics.enabled": False,
+        **overrides,
+    }
+    args = ["train", str(REPO / "configs" / "quickstart.yaml"), "--run-dir", str(run_dir), "--steps", str(steps)]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def resumed_pair(small_data: DataConfig, ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(uninterrupted 12-step run, the same run stopped at step 6 and resumed to 12)."""
+    root = tmp_path_factory.mktemp("resume")
+    common = {"mining.enabled": False, "train.checkpoint_every": 6}
+    whole, halves = root / "whole", root / "halves"
+    assert main(_train_args(small_data, whole, 12, **common)) == 0
+    assert main(_train_args(small_data, halves, 6, **common)) == 0
+    assert main([*_train_args(small_data, halves, 12, **common), "--resume"]) == 0
+    return whole, halves
+
+
+def test_resume_draws_the_same_batches_and_losses(resumed_pair: tuple[Path, Path]) -> None:
+    whole, halves = resumed_pair
+    a, b = _rows(whole), _rows(halves)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_b["loss"] == pytest.approx(row_a["loss"], rel=1e-5, abs=1e-6), row_a["step"]
+    assert [json.loads(line)["resumed_from"] for line in (halves / "resumes.jsonl").read_text().splitlines()] == [6]
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous(
+    resumed_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoints = resumed_pair[1] / "checkpoints"
+    assert checkpoint.latest_good(checkpoints) == checkpoint.GoodCheckpoint("step-000012", 12)
+    model_file = checkpoints / "step-000012" / "mp_rank_00_model_states.pt"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])  # truncated
+    assert checkpoint.latest_good(checkpoints) == checkpoint.GoodCheckpoint("step-000006", 6)
+    assert "step-000012: mp_rank_00_model_states.pt has" in capsys.readouterr().err
+
+
+def test_a_run_directory_with_checkpoints_is_not_overwritten(
+    resumed_pair: tuple[Path, Path], small_data: DataConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = resumed_pair[0]
+    before = (whole / "metrics.jsonl").read_text()
+    assert main(_train_args(small_data, whole, 12)) == 2
+    assert "already holds checkpoints: pass --resume" in capsys.readouterr().err
+    assert (whole / "metrics.jsonl").read_text() == before
+
+
+def _wait_for_step(run_dir: Path, step: int, deadline: float) -> int:
+    while time.monotonic() < deadline:
+        try:
+            rows = _rows(run_dir)
+        except (FileNotFoundError, json.JSONDecodeError):
+            rows = []
+        if rows and rows[-1]["step"] >= step:
+            return int(rows[-1]["step"])
+        time.sleep(0.2)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def test_killed_worker_and_killed_mining_actor_are_survived(
+    small_data: DataConfig, ray_session, tmp_path: Path
+) -> None:
+    from ray.util.state import list_actors
+
+    from dml_dist.mining.service import mining_actor_name
+
+    run_dir = tmp_path / "faults"
+    faults: dict[str, int] = {}
+
+    def inject() -> None:
+        deadline = time.monotonic() + 300
+        faults["actor_killed_at"] = _wait_for_step(run_dir, 4, deadline)
+        job = json.loads((run_dir / "eval.json").read_text())["job"]
+        ray_session.kill(ray_session.get_actor(mining_actor_name(job)), no_restart=False)
+        step = _wait_for_step(run_dir, 14, deadline)
+        address = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
+        workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        os.kill(int(workers[0].pid), signal.SIGKILL)
+        faults["worker_killed_at"] = step
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    args = _train_args(
+        small_data, run_dir, 30,
+        **{"train.checkpoint_every": 10, "mining.warmup_coverage": 0.2, "mining.timeout_s": 1.0},
+    )  # fmt: skip
+    assert main(args) == 0
+    injector.join(timeout=5)
+    assert "worker_killed_at" in faults, faults
+
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert json.loads((run_dir / "eval.json").read_text())["step"] == 30
+    resumed = [json.loads(line)["resumed_from"] for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert len(resumed) == 1 and 0 < faults["worker_killed_at"] - resumed[0] <= 10, (faults, resumed)
+    after_actor_kill = [r for r in rows if r["step"] > faults["actor_killed_at"]]
+    assert any(r["fallbacks"] > 0 for r in after_actor_kill), "no fallback counted while the actor was down"
+    assert any(r["mined"] for r in rows if r["step"] > resumed[0] + 5), "mining did not come back"
+
+
+def test_non_finite_loss_stops_the_job_naming_the_step(
+    small_data: DataConfig, ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _train_args(
+        small_data, tmp_path / "diverge", 20,
+        **{"engine.lr": 1e30, "train.max_nonfinite_steps": 3, "train.max_failures": 0, "mining.enabled": False},
+    )  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "training stopped: non-finite loss: step" in err and "had loss nan" in err, err[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch.num_classes": 1000}, "batch.num_classes: N=1000 is larger than the 500 training classes"),
+        ({"data.train_shards": "/nonexistent/shards"}, "/nonexistent/shards"),
+        ({"loss.name": "nope"}, "loss.name: unknown loss 'nope'"),
+    ],
+)
+def test_bad_input_fails_at_start_with_one_line(
+    small_data: DataConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: dict, message: str
+) -> None:
+    assert main(_train_args(small_data, tmp_path / "bad", 5, **overrides)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
