@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# A new run directory each time: a run directory with checkpoints is only continued with --resume.
 demo: $(STAMP)
-	$(BIN)/dml-dist train configs/quickstart.yaml --run-dir runs/quickstart
+	$(BIN)/dml-dist train configs/quickstart.yaml --run-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 check: lint typecheck
 
@@ -29,7 +30,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy dml_dist
 
 test: check
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

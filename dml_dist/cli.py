@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="reproduce: the tiny scale (minutes), not the full one")
     bench.add_argument("--only", help="reproduce: comma-separated groups (losses,n,omniglot); default all")
     bench.add_argument("--out", default="docs/results", help="reproduce: where results.md and the plots go")
+    bench.add_argument("--steps", type=int, help="reproduce: steps of every run (default: the scale's)")
+    bench.add_argument("--n", type=int, help="reproduce: N of the procedural loss comparison (default 320)")
+    bench.add_argument("--n-sweep", help="reproduce: the N of the sweep, comma-separated (default 64,...,1000)")
     bench.set_defaults(func=cmd_bench)
 
     submit = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs)")
@@ -250,7 +253,9 @@ def run_bench_suite(args: argparse.Namespace) -> dict:
     if args.suite == "reproduce":
         from dml_dist.bench.reproduce import run_reproduction
 
-        return run_reproduction(args.out, quick=args.quick, only=args.only)
+        return run_reproduction(
+            args.out, quick=args.quick, only=args.only, steps=args.steps, n=args.n, n_sweep=args.n_sweep
+        )
     if args.suite == "mining":
         from dml_dist.bench.mining import run_mining_bench
 

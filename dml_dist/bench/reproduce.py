@@ -31,7 +31,7 @@ import json
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +262,8 @@ def format_markdown(results: list[dict[str, Any]], command: str, quick: bool) ->
         lines += ["**Quick scale: a pipeline check, not results.**", ""]
     for group in results:
         lines += [f"## {TITLES[group['group']]}", ""]
+        if group.get("command"):
+            lines += [f"Measured with `{group['command']}`.", ""]
         lines += [
             "| loss | batch (N x K) | steps | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI | steps to 95% of final R@1 | time (s) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -282,6 +284,9 @@ def format_markdown(results: list[dict[str, Any]], command: str, quick: bool) ->
                 f"after {claim['triplet_steps']} steps; N-pair-mc "
                 + (f"first reaches it at step {reached}." if reached is not None else "never reaches it here."),
             ]
+        first = group["rows"][0]["history"] if group["rows"] else []
+        if first and first[0][0] == 0:
+            lines += ["", f"The same network untrained (step 0): R@1 {100 * first[0][1]:.1f}."]
         lines += ["", f"![{group['group']}](recall_curves_{group['group']}.png)", ""]
         if group["group"] == "n":
             lines += ["![N sweep](n_sweep.png)", ""]
@@ -296,29 +301,55 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def run_reproduction(out: str | Path, quick: bool = False, only: str | None = None) -> dict[str, Any]:
-    """Run the groups (all, or ``only``), write results.md / results.json / plots into ``out``."""
+def run_reproduction(
+    out: str | Path,
+    quick: bool = False,
+    only: str | None = None,
+    steps: int | None = None,
+    n: int | None = None,
+    n_sweep: str | None = None,
+) -> dict[str, Any]:
+    """Run the groups (all, or ``only``), write results.md / results.json / plots into ``out``.
+
+    ``steps`` (every group), ``n`` (the procedural loss comparison) and ``n_sweep`` ("64,128")
+    replace the scale's values, for a machine that cannot afford the full scale.
+    """
     groups = [g.strip() for g in only.split(",")] if only else list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ValueError(f"--only: unknown group {unknown[0]!r}; valid: {', '.join(GROUPS)}")
     scale = QUICK if quick else FULL
+    if steps is not None:
+        scale = replace(scale, omniglot_steps=steps, procedural_steps=steps, n_sweep_steps=steps)
+    if n is not None:
+        scale = replace(scale, procedural_n=n)
+    if n_sweep:
+        scale = replace(scale, n_sweep=tuple(int(v) for v in n_sweep.split(",")))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = REPO / "runs" / ("reproduce-quick" if quick else "reproduce")
-    results = []
+    # Groups measured earlier at the same scale stay in the report; the ones run now replace theirs.
+    previous = out / "results.json"
+    kept: dict[str, dict[str, Any]] = {}
+    if previous.is_file():
+        earlier = json.loads(previous.read_text())
+        if earlier.get("quick") == quick:
+            kept = {g["group"]: g for g in earlier["groups"]}
     for group in groups:
-        results.append(run_group(group, scale, runs, REPO / "data" / "cache"))
-        _write(results, out, quick, groups)  # after every group, so a long run leaves its rows behind
-    return {"groups": results}
+        kept[group] = run_group(group, scale, runs, REPO / "data" / "cache")
+        kept[group]["command"] = _command(quick, [group], steps, n, n_sweep)
+        _write([kept[g] for g in GROUPS if g in kept], out, quick)  # after every group: a long run keeps its rows
+    return {"groups": [kept[g] for g in GROUPS if g in kept]}
 
 
-def _write(results: list[dict[str, Any]], out: Path, quick: bool, groups: list[str]) -> None:
-    command = (
-        "dml-dist bench reproduce"
-        + (" --quick" if quick else "")
-        + (f" --only {','.join(groups)}" if groups != list(GROUPS) else "")
-    )
+def _command(quick: bool, groups: list[str], steps: int | None, n: int | None, n_sweep: str | None) -> str:
+    parts = ["dml-dist bench reproduce", "--quick" if quick else "", f"--only {','.join(groups)}"]
+    parts += [f"--steps {steps}" if steps else "", f"--n {n}" if n else "", f"--n-sweep {n_sweep}" if n_sweep else ""]
+    return " ".join(p for p in parts if p)
+
+
+def _write(results: list[dict[str, Any]], out: Path, quick: bool) -> None:
+    command = "dml-dist bench reproduce" + (" --quick" if quick else "") + " (all groups)"
     write_plots(results, out)
     (out / "results.md").write_text(format_markdown(results, command, quick) + "\n")
     (out / "results.json").write_text(json.dumps({"quick": quick, "groups": results}, indent=1))

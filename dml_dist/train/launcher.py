@@ -7,6 +7,7 @@ Ray Train's ``TorchTrainer`` with one worker per CPU slot (gloo) or per GPU (NCC
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from typing import Any
 from dml_dist.config.loader import config_to_dict, save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import resolve_data
-from dml_dist.data.shards import IndexedShards
+from dml_dist.data.loader import build_loader
 from dml_dist.losses import build_loss
 from dml_dist.mining.service import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
@@ -63,8 +64,8 @@ def run_training(
 
     build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
     paths = resolve_data(config.data)
-    shards = IndexedShards(paths.train)
-    check_batch_fits(config, shards.num_classes)
+    num_train_classes = _usable_classes(config, paths.train)
+    check_batch_fits(config, num_train_classes)
     check_pretrained_weights(config.model)  # before Ray starts: one clear line, not a worker traceback
     run_dir = run_dir.resolve()
     checkpoints = run_dir / run_files.CHECKPOINTS
@@ -88,7 +89,7 @@ def run_training(
             (run_dir / BANK_FILE).unlink(missing_ok=True)
         actor = start_mining_actor(
             job_name,
-            shards.num_classes,
+            num_train_classes,
             config.model.embedding_dim,
             config.mining,
             config.train.seed,
@@ -138,6 +139,16 @@ def run_training(
     result["train_seconds"] = time.perf_counter() - started
     result["curves"] = str(write_training_curves(run_dir))
     return result
+
+
+def _usable_classes(config: ExperimentConfig, train_shards: Path) -> int:
+    """Training classes the workers' loaders will use (``exclude`` drops classes with < K images)."""
+    data = dataclasses.replace(config.data, loader_workers=0)
+    loader = build_loader(
+        data, str(train_shards), seed=config.train.seed, images_per_class=config.batch.images_per_class,
+        world_size=1, rank=0, num_classes=config.batch.num_classes,
+    )  # fmt: skip
+    return loader.num_classes
 
 
 def _finish_mining(actor: Any) -> dict[str, Any] | None:

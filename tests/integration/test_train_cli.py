@@ -30,8 +30,8 @@ def test_run_directory_holds_config_metrics_and_checkpoints(trained_run: Path) -
     assert [r["step"] for r in rows] == list(range(5, 61, 5))
     assert all(r["samples_per_second"] > 0 and r["step_seconds"] > 0 and np.isfinite(r["loss"]) for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert any(r["mined"] for r in rows), "the mining service never chose a batch"
-    assert rows[-1]["fallbacks"] == 0
+    # Random batches (counted as fallbacks) only while the bank warms up, or if the service is slow.
+    assert sum(r["mined"] for r in rows) >= len(rows) // 2, "the mining service chose too few batches"
     tags = sorted(p.name for p in (trained_run / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["step-000030", "step-000060"]
     assert (trained_run / "embedder.pt").is_file()

@@ -81,7 +81,10 @@ def test_eval_command_writes_every_metric_and_a_gallery(run_dir: Path, tmp_path:
     for name in ("map_at_r", "r_precision", "precision_at_1", "nmi"):
         assert 0.0 <= report[name] <= 1.0
     assert (run_dir / "gallery.png").stat().st_size > 1000
-    assert main(["eval", str(run_dir), "--data", str(_test_shards(run_dir)), "--protocol", "cub200", "--json", str(out)]) == 0
+    assert (
+        main(["eval", str(run_dir), "--data", str(_test_shards(run_dir)), "--protocol", "cub200", "--json", str(out)])
+        == 0
+    )
     assert set(json.loads(out.read_text())["recall"]) == {"1", "2", "4", "8", "16", "32"}
 
 
@@ -108,7 +111,9 @@ def test_inshop_shards_are_evaluated_query_against_gallery(run_dir: Path, tmp_pa
             (src / rel).write_bytes(_png(item * 4 + i + 1))
             status = "train" if item < 2 else ("query" if i == 0 else "gallery")
             lines.append(f"{rel} id_{item:08d} {status}")
-    (src / "list_eval_partition.txt").write_text(f"{len(lines)}\nimage_name item_id evaluation_status\n" + "\n".join(lines))
+    (src / "list_eval_partition.txt").write_text(
+        f"{len(lines)}\nimage_name item_id evaluation_status\n" + "\n".join(lines)
+    )
     write_dataset("inshop", src, tmp_path / "shards", 100)
     out = tmp_path / "eval.json"
     args = ["eval", str(run_dir), "--data", str(tmp_path / "shards" / "test"), "--protocol", "inshop"]
@@ -148,4 +153,3 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
     build_loss(config.loss.name, **config.loss.params)
     assert config.eval.ks()
-
