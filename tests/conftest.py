@@ -99,6 +99,22 @@ def prometheus_server(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(timeout=30)
 
 
+def small_data_settings(small_data: DataConfig) -> dict[str, object]:
+    """``--set`` overrides that point a run at the session's small procedural data set."""
+    proc = small_data.procedural
+    return {
+        "data.cache_dir": small_data.cache_dir,
+        "data.samples_per_shard": small_data.samples_per_shard,
+        "data.procedural.num_classes": proc.num_classes,
+        "data.procedural.num_test_classes": proc.num_test_classes,
+        "data.procedural.images_per_class": proc.images_per_class,
+    }
+
+
+def set_args(settings: dict[str, object]) -> list[str]:
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
 @pytest.fixture(scope="session")
 def trained_run(
     small_data: DataConfig, ray_session, prometheus_server, tmp_path_factory: pytest.TempPathFactory
@@ -108,13 +124,8 @@ def trained_run(
     from dml_dist.cli import main
 
     run_dir = tmp_path_factory.mktemp("runs") / "quick"
-    proc = small_data.procedural
     overrides = {
-        "data.cache_dir": small_data.cache_dir,
-        "data.samples_per_shard": small_data.samples_per_shard,
-        "data.procedural.num_classes": proc.num_classes,
-        "data.procedural.num_test_classes": proc.num_test_classes,
-        "data.procedural.images_per_class": proc.images_per_class,
+        **small_data_settings(small_data),
         "batch.num_classes": 128,
         "train.eval_every": 30,
         "train.checkpoint_every": 30,
@@ -131,9 +142,7 @@ def trained_run(
         "--steps",
         "60",
     ]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value}"]
     started = time.time()
-    assert main(args) == 0
+    assert main(args + set_args(overrides)) == 0
     (run_dir / "test-window.json").write_text(json.dumps({"start": started, "end": time.time()}))
     return run_dir

@@ -12,21 +12,37 @@ from pathlib import Path
 
 from dml_dist.config.schema import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
-from dml_dist.data.shards import Sample, is_complete, write_shards
+from dml_dist.data.shards import Sample, expand_urls, is_complete, is_remote, write_shards
 
 _GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Shard directories of one experiment: training classes and held-out classes."""
+    """Shard directories of one experiment: training classes and held-out classes.
 
-    train: Path
+    In streaming mode ``train`` may also be a shard spec that is not a local directory: a brace
+    pattern, a remote URL or a ``pipe:`` command, read by the streaming loader.
+    """
+
+    train: Path | str
     eval: Path
 
 
 def resolve_data(config: DataConfig) -> DataPaths:
     """The train and eval shard directories, writing the procedural set when it is not cached."""
+    if config.train_shards and _is_stream_spec(config.train_shards):
+        if config.mode != "streaming":
+            raise ValueError(
+                f"data.train_shards: {config.train_shards} is a URL or shard pattern, which only "
+                "data.mode=streaming reads (indexed mode needs a local shard directory)"
+            )
+        expand_urls(config.train_shards)  # a missing local shard of a pattern fails here, named
+        if config.eval_shards is None or not is_complete(config.eval_shards):
+            raise ValueError(
+                f"data.eval_shards: streaming from {config.train_shards} needs a local held-out shard directory"
+            )
+        return DataPaths(train=config.train_shards, eval=Path(config.eval_shards).resolve())
     train_dir, eval_dir = _split_root(config.train_shards), config.eval_shards
     if train_dir != config.train_shards and eval_dir is None and is_complete(Path(config.train_shards or "") / "test"):
         eval_dir = str(Path(config.train_shards or "") / "test")  # written together by ``dml-dist shards``
@@ -39,6 +55,10 @@ def resolve_data(config: DataConfig) -> DataPaths:
         if not is_complete(path):
             raise ValueError(f"{field}: {path} is not a shard directory (expected {path}/manifest.json)")
     return DataPaths(train=train.resolve(), eval=evaluation.resolve())
+
+
+def _is_stream_spec(spec: str) -> bool:
+    return is_remote(spec) or "{" in spec
 
 
 def _split_root(spec: str | None) -> str | None:

@@ -141,14 +141,18 @@ def run_training(
     return result
 
 
-def _usable_classes(config: ExperimentConfig, train_shards: Path) -> int:
-    """Training classes the workers' loaders will use (``exclude`` drops classes with < K images)."""
+def _usable_classes(config: ExperimentConfig, train_shards: Path | str) -> int:
+    """Training classes the workers' loaders will use (``exclude`` drops classes with < K images).
+
+    A remote stream does not say how many classes it holds: N is taken as fitting, and the
+    streaming loader stops with a clear error if the stream runs out of classes.
+    """
     data = dataclasses.replace(config.data, loader_workers=0)
     loader = build_loader(
         data, str(train_shards), seed=config.train.seed, images_per_class=config.batch.images_per_class,
         world_size=1, rank=0, num_classes=config.batch.num_classes,
     )  # fmt: skip
-    return loader.num_classes
+    return loader.num_classes or config.batch.num_classes
 
 
 def _finish_mining(actor: Any) -> dict[str, Any] | None:

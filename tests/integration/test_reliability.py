@@ -15,17 +15,12 @@ import pytest
 from dml_dist.cli import main
 from dml_dist.config.schema import DataConfig
 from dml_dist.train import checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, set_args, small_data_settings
 
 
 def _train_args(small_data: DataConfig, run_dir: Path, steps: int, **overrides: object) -> list[str]:
-    proc = small_data.procedural
     settings: dict[str, object] = {
-        "data.cache_dir": small_data.cache_dir,
-        "data.samples_per_shard": small_data.samples_per_shard,
-        "data.procedural.num_classes": proc.num_classes,
-        "data.procedural.num_test_classes": proc.num_test_classes,
-        "data.procedural.images_per_class": proc.images_per_class,
+        **small_data_settings(small_data),
         "batch.num_classes": 64,
         "train.eval_every": 0,
         "train.log_every": 1,
@@ -33,9 +28,7 @@ def _train_args(small_data: DataConfig, run_dir: Path, steps: int, **overrides: 
         **overrides,
     }
     args = ["train", str(REPO / "configs" / "quickstart.yaml"), "--run-dir", str(run_dir), "--steps", str(steps)]
-    for key, value in settings.items():
-        args += ["--set", f"{key}={value}"]
-    return args
+    return args + set_args(settings)
 
 
 def _rows(run_dir: Path) -> list[dict]:

@@ -17,7 +17,7 @@ import pytest
 
 from dml_dist.cli import main
 from dml_dist.config.schema import DataConfig
-from tests.conftest import REPO, _free_port, _wait_http
+from tests.conftest import REPO, _free_port, _wait_http, set_args, small_data_settings
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +49,8 @@ def test_submitted_job_trains_and_keeps_the_global_batch(
     ray_head: str, small_data: DataConfig, trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "submitted"
-    proc = small_data.procedural
     overrides = {
-        "data.cache_dir": small_data.cache_dir,
-        "data.samples_per_shard": small_data.samples_per_shard,
-        "data.procedural.num_classes": proc.num_classes,
-        "data.procedural.num_test_classes": proc.num_test_classes,
-        "data.procedural.images_per_class": proc.images_per_class,
+        **small_data_settings(small_data),
         "batch.num_classes": 128,
         "train.eval_every": 0,
         "train.log_every": 5,
@@ -63,8 +58,7 @@ def test_submitted_job_trains_and_keeps_the_global_batch(
     }
     args = ["submit", "configs/quickstart.yaml", "--address", ray_head, "--working-dir", str(REPO)]
     args += ["--run-dir", str(run_dir), "--workers", "1", "--steps", "10"]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value}"]
+    args += set_args(overrides)
     started = time.monotonic()
     assert main(args) == 0, capsys.readouterr().out[-3000:]
     out = capsys.readouterr().out
