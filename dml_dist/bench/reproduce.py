@@ -22,7 +22,9 @@ evaluated step at which N-pair-mc's Recall@1 reached triplet's final Recall@1.
 
 Writes ``OUT/results.md`` (the table, with the commands), ``OUT/results.json`` and the plots
 ``OUT/recall_curves_<group>.png`` and ``OUT/n_sweep.png``. Run directories go to
-``runs/reproduce/``. ``--quick`` is a scale for checking the pipeline (tens of steps), not results.
+``runs/reproduce/``. ``--quick`` is a scale for checking the pipeline (tens of steps), not results. A run directory
+that already finished the same resolved config is reused, so re-running the command after an
+interruption trains only the missing rows; the report is rewritten after every run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -117,26 +120,69 @@ def prepare_omniglot(cache: Path) -> tuple[Path, Path]:
 
 
 def run_one(config_path: Path, overrides: list[str], run_dir: Path, label: str) -> dict[str, Any]:
-    """Train one recipe and return its row (final metrics and the Recall@1 curve)."""
+    """Train one recipe and return its row (final metrics and the Recall@1 curve).
+
+    A run directory that already finished this exact config is reused, so an interrupted
+    reproduction continues where it stopped.
+    """
+    from dml_dist.config.loader import config_to_dict
     from dml_dist.train.launcher import run_training
 
     config = load_config(config_path, overrides)
+    finished = finished_row(run_dir, label, config_to_dict(config))
+    if finished is not None:
+        print(f"reproduce: {label}: reusing the finished run in {run_dir}", flush=True)
+        return finished
     started = time.perf_counter()
     result = run_training(config, run_dir)
+    row = row_from_eval(result, label, config.batch.num_classes, config.batch.images_per_class, config.train.steps)
+    row["seconds"] = time.perf_counter() - started
+    row["run_dir"] = str(run_dir)
+    (run_dir / ROW_FILE).write_text(json.dumps(row, indent=1))
+    return row
+
+
+ROW_FILE = "reproduce_row.json"
+
+
+def row_from_eval(result: dict[str, Any], label: str, num_classes: int, k: int, steps: int) -> dict[str, Any]:
+    """A table row from a run's ``eval.json`` contents."""
     history = [(h["step"], h["recall"]["1"]) for h in result["history"]]
     metrics = result.get("metrics", {})
     return {
         "name": label,
-        "batch": f"{config.batch.num_classes} x {config.batch.images_per_class}",
-        "steps": config.train.steps,
+        "batch": f"{num_classes} x {k}",
+        "steps": steps,
         "recall": result["recall"],
         "map_at_r": metrics.get("map_at_r"),
         "nmi": metrics.get("nmi"),
         "history": history,
         "steps_to_95": steps_to_fraction(history, 0.95),
-        "seconds": time.perf_counter() - started,
-        "run_dir": str(run_dir),
+        "seconds": None,
     }
+
+
+def finished_row(run_dir: Path, label: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The row of a run directory that finished ``config`` (same resolved config), else None."""
+    import yaml
+
+    from dml_dist.train import run_files
+
+    paths = [run_dir / run_files.CONFIG, run_dir / run_files.EVAL, run_dir / run_files.EMBEDDER]
+    if not all(p.is_file() for p in paths) or yaml.safe_load(paths[0].read_text()) != json.loads(json.dumps(config)):
+        return None
+    result = json.loads(paths[1].read_text())
+    if result.get("step") != config["train"]["steps"]:
+        return None
+    saved = run_dir / ROW_FILE
+    if saved.is_file():
+        row: dict[str, Any] = json.loads(saved.read_text())
+        row["name"] = label
+        return row
+    batch = config["batch"]
+    row = row_from_eval(result, label, batch["num_classes"], batch["images_per_class"], config["train"]["steps"])
+    row["run_dir"] = str(run_dir)
+    return row
 
 
 def steps_to_fraction(history: list[tuple[int, float]], fraction: float) -> int | None:
@@ -173,8 +219,11 @@ def _recipe_overrides(recipe: Recipe, n: int) -> list[str]:
     ]
 
 
-def run_group(group: str, scale: Scale, runs: Path, cache: Path) -> dict[str, Any]:
-    rows: list[dict[str, Any]] = []
+def run_group(
+    group: str, scale: Scale, runs: Path, cache: Path, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train every row of a group; ``on_row`` sees the partial group after each run."""
+    rows: list[dict[str, Any]] = _ReportingList(group, on_row)
     if group == "omniglot":
         train, evaluation = prepare_omniglot(cache)
         config = REPO / "configs" / "omniglot.yaml"
@@ -196,7 +245,20 @@ def run_group(group: str, scale: Scale, runs: Path, cache: Path) -> dict[str, An
         for n in scale.n_sweep:
             overrides = [*_common(scale.n_sweep_steps, scale.eval_every), *_recipe_overrides(RECIPES[0], n)]
             rows.append(run_one(config, overrides, runs / group / f"n{n}", f"N-pair-mc, N={n}"))
-    return {"group": group, "rows": rows}
+    return {"group": group, "rows": list(rows)}
+
+
+class _ReportingList(list):  # type: ignore[type-arg]
+    """A list of rows that reports the partial group after each append (a long group keeps its rows)."""
+
+    def __init__(self, group: str, on_row: Callable[[dict[str, Any]], None] | None):
+        super().__init__()
+        self.group, self.on_row = group, on_row
+
+    def append(self, row: Any) -> None:
+        super().append(row)
+        if self.on_row is not None:
+            self.on_row({"group": self.group, "rows": list(self), "partial": True})
 
 
 def sohn_claim(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -254,7 +316,7 @@ def format_markdown(results: list[dict[str, Any]], command: str, quick: bool) ->
     lines = [
         "# Reproduction at small scale",
         "",
-        f"Regenerate: `{command}` (2 Ray workers on the 2-core CPU machine; `small_cnn` backbone; "
+        f"Regenerate every group: `{command}` (2 Ray workers on the 2-core CPU machine; `small_cnn` backbone; "
         "random classes, no mining; held-out classes never seen in training).",
         "",
     ]
@@ -262,6 +324,12 @@ def format_markdown(results: list[dict[str, Any]], command: str, quick: bool) ->
         lines += ["**Quick scale: a pipeline check, not results.**", ""]
     for group in results:
         lines += [f"## {TITLES[group['group']]}", ""]
+        if group.get("partial"):
+            lines += [
+                "**Partial: only these rows were measured (the group was running or was stopped); "
+                "re-running its command trains the missing rows and keeps these.**",
+                "",
+            ]
         if group.get("command"):
             lines += [f"Measured with `{group['command']}`.", ""]
         lines += [
@@ -271,9 +339,10 @@ def format_markdown(results: list[dict[str, Any]], command: str, quick: bool) ->
         for r in group["rows"]:
             rec = r["recall"]
             cells = [f"{100 * rec[k]:.1f}" for k in ("1", "2", "4", "8")]
+            seconds = "-" if r.get("seconds") is None else f"{r['seconds']:.0f}"
             lines.append(
                 f"| {r['name']} | {r['batch']} | {r['steps']} | {' | '.join(cells)} | "
-                f"{_pct(r['map_at_r'])} | {_pct(r['nmi'])} | {r['steps_to_95']} | {r['seconds']:.0f} |"
+                f"{_pct(r['map_at_r'])} | {_pct(r['nmi'])} | {r['steps_to_95']} | {seconds} |"
             )
         claim = sohn_claim(group["rows"])
         if claim:
@@ -336,9 +405,14 @@ def run_reproduction(
         if earlier.get("quick") == quick:
             kept = {g["group"]: g for g in earlier["groups"]}
     for group in groups:
-        kept[group] = run_group(group, scale, runs, REPO / "data" / "cache")
-        kept[group]["command"] = _command(quick, [group], steps, n, n_sweep)
-        _write([kept[g] for g in GROUPS if g in kept], out, quick)  # after every group: a long run keeps its rows
+        command = _command(quick, [group], steps, n, n_sweep)
+
+        def report(partial: dict[str, Any], command: str = command) -> None:
+            kept[partial["group"]] = {**partial, "command": command}
+            _write([kept[g] for g in GROUPS if g in kept], out, quick)
+
+        kept[group] = {**run_group(group, scale, runs, REPO / "data" / "cache", report), "command": command}
+        _write([kept[g] for g in GROUPS if g in kept], out, quick)
     return {"groups": [kept[g] for g in GROUPS if g in kept]}
 
 
@@ -349,7 +423,7 @@ def _command(quick: bool, groups: list[str], steps: int | None, n: int | None, n
 
 
 def _write(results: list[dict[str, Any]], out: Path, quick: bool) -> None:
-    command = "dml-dist bench reproduce" + (" --quick" if quick else "") + " (all groups)"
+    command = "dml-dist bench reproduce" + (" --quick" if quick else "")
     write_plots(results, out)
     (out / "results.md").write_text(format_markdown(results, command, quick) + "\n")
     (out / "results.json").write_text(json.dumps({"quick": quick, "groups": results}, indent=1))

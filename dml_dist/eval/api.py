@@ -80,7 +80,8 @@ class Embedder:
 
 
 def load_embedder(run_dir: str | Path, device: str | torch.device | None = None) -> Embedder:
-    """The trained embedder of a run directory, in eval mode (CPU unless ``device`` says otherwise)."""
+    """The trained embedder of a run directory, in eval mode (on the GPU when there is one, unless
+    ``device`` says otherwise)."""
     from dml_dist.config.loader import load_config
     from dml_dist.models import build_model
     from dml_dist.train import run_files
@@ -95,6 +96,7 @@ def load_embedder(run_dir: str | Path, device: str | torch.device | None = None)
     config.model.pretrained = None
     model = build_model(config.model)
     model.load_state_dict(state["model"])
-    target = torch.device(device) if device is not None else torch.device("cpu")
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    target = torch.device(device if device is not None else default)
     model.to(target).eval()
     return Embedder(model=model, config=config, device=target, step=int(state.get("step", 0)))

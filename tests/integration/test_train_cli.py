@@ -36,6 +36,9 @@ def test_run_directory_holds_config_metrics_and_checkpoints(trained_run: Path) -
     assert tags == ["step-000030", "step-000060"]
     assert (trained_run / "embedder.pt").is_file()
     assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (trained_run / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # held-out top-k, at the end
+    metrics = json.loads((trained_run / "eval.json").read_text())["metrics"]
+    assert 0.0 < metrics["map_at_r"] <= metrics["r_precision"] <= 1.0 and 0.0 < metrics["nmi"] <= 1.0
 
 
 def test_eval_and_embed_commands_read_the_run(trained_run: Path, small_data: DataConfig, tmp_path: Path) -> None:
