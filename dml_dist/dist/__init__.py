@@ -1,0 +1,1 @@
+"""Distributed semantics: the only place that calls ``torch.distributed``."""
