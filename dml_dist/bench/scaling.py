@@ -11,9 +11,7 @@ allocates: activations, gathered embeddings, gradients), read from ``getrusage``
 from __future__ import annotations
 
 import json
-import os
 import resource
-import socket
 import statistics
 import tempfile
 import time
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dml_dist.config.schema import EngineConfig, ModelConfig
@@ -44,26 +41,12 @@ class Case:
     image_size: int = 32
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rank_main(rank: int, case: Case, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(case.world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=case.world_size)
+    collectives.init_local_gloo(rank, case.world_size, port)
     torch.manual_seed(0)
     per_rank = case.num_classes * 2 // case.world_size
     images = torch.randn(per_rank, 1, case.image_size, case.image_size)
@@ -88,13 +71,13 @@ def _rank_main(rank: int, case: Case, port: int, out_dir: str) -> None:
         "rss_before_mb": rss_before,
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
+    collectives.shutdown()
 
 
 def run_case(case: Case) -> dict[str, Any]:
     """Run one case on fresh processes; medians over its steps (rank 0) and max memory over ranks."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_rank_main, args=(case, _free_port(), out_dir), nprocs=case.world_size, join=True)
+        mp.spawn(_rank_main, args=(case, collectives.free_local_port(), out_dir), nprocs=case.world_size, join=True)
         records = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank*.json"))]
     steps = records[0]["steps"][1:] or records[0]["steps"]  # the first step warms caches up
     step_seconds = statistics.median(s["step_seconds"] for s in steps)

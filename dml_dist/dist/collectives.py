@@ -22,12 +22,41 @@ training code runs in tests and notebooks.
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+
+
+def free_local_port() -> int:
+    """A free TCP port on 127.0.0.1, for a process group of local processes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_local_gloo(rank: int, world_size: int, port: int) -> None:
+    """Join a gloo group of ``world_size`` processes on this machine (benchmarks, tests).
+
+    Sets the variables DeepSpeed reads (``LOCAL_RANK`` among them) and one torch thread per
+    process, as a Ray Train CPU worker has.
+    """
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+
+
+def shutdown() -> None:
+    """Leave the process group after every rank has arrived."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

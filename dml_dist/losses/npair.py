@@ -36,6 +36,14 @@ from dml_dist.losses.pairs import at_least_fp32 as _at_least_fp32
 from dml_dist.losses.pairs import l2_normalize
 
 
+def check_npair_params(l2_reg: float, temperature: float | None) -> None:
+    """Validate the hyperparameters shared by the N-pair family (N-pair-mc, N-pair-ovo, tuplet)."""
+    if l2_reg < 0:
+        raise ValueError(f"loss.l2_reg: expected >= 0, got {l2_reg}")
+    if temperature is not None and temperature <= 0:
+        raise ValueError(f"loss.temperature: expected > 0 or null, got {temperature}")
+
+
 def first_two_rows_per_label(labels_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(anchor rows, positive rows): for each label with >= 2 rows, its first and second row.
 
@@ -62,10 +70,7 @@ class NPairMCLoss(MetricLoss):
 
     def __init__(self, l2_reg: float = 0.002, temperature: float | None = None):
         super().__init__()
-        if l2_reg < 0:
-            raise ValueError(f"loss.l2_reg: expected >= 0, got {l2_reg}")
-        if temperature is not None and temperature <= 0:
-            raise ValueError(f"loss.temperature: expected > 0 or null, got {temperature}")
+        check_npair_params(l2_reg, temperature)
         self.l2_reg = l2_reg
         self.temperature = temperature
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
+from dml_dist.losses.npair import check_npair_params
 from dml_dist.losses.pairs import at_least_fp32, class_sizes, label_masks, masked_logsumexp, num_ordered_pairs, prepare
 
 
@@ -41,10 +42,7 @@ class TupletLoss(MetricLoss):
 
     def __init__(self, l2_reg: float = 0.002, temperature: float | None = None):
         super().__init__()
-        if l2_reg < 0:
-            raise ValueError(f"loss.l2_reg: expected >= 0, got {l2_reg}")
-        if temperature is not None and temperature <= 0:
-            raise ValueError(f"loss.temperature: expected > 0 or null, got {temperature}")
+        check_npair_params(l2_reg, temperature)
         self.l2_reg, self.temperature = l2_reg, temperature
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:

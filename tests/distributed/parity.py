@@ -3,19 +3,17 @@ and the same step on one process, so tests can compare gradients and losses."""
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dml_dist.config.schema import EngineConfig, ModelConfig
 from dml_dist.data.images import decode_batch
 from dml_dist.data.sampler import random_classes, rank_share
 from dml_dist.data.shards import IndexedShards
+from dml_dist.dist import collectives
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
 from dml_dist.train.engine import build_engine
@@ -64,18 +62,8 @@ def single_process_gradients(spec: StepSpec) -> tuple[dict[str, torch.Tensor], f
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}, loss.item()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _rank_main(rank: int, world_size: int, port: int, spec: StepSpec, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    collectives.init_local_gloo(rank, world_size, port)
     torch.manual_seed(0)
     model = build_model(spec.model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -89,14 +77,13 @@ def _rank_main(rank: int, world_size: int, port: int, spec: StepSpec, out: str) 
         after = dict(engine.module.named_parameters())
         grads = {name: (before[name] - after[name].detach()) / LR for name in before}
         torch.save({"grads": grads, "loss": result.loss}, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    collectives.shutdown()
 
 
 def distributed_gradients(world_size: int, spec: StepSpec, tmp: Path) -> tuple[dict[str, torch.Tensor], float]:
     """(gradients read off one SGD step with lr = 1, global loss) on ``world_size`` gloo ranks."""
     out = tmp / f"step-w{world_size}.pt"
-    mp.spawn(_rank_main, args=(world_size, _free_port(), spec, str(out)), nprocs=world_size, join=True)
+    mp.spawn(_rank_main, args=(world_size, collectives.free_local_port(), spec, str(out)), nprocs=world_size, join=True)
     saved = torch.load(out, weights_only=True)
     return saved["grads"], float(saved["loss"])
 
@@ -106,11 +93,7 @@ def _every_loss_rank_main(rank: int, world_size: int, port: int, out: str) -> No
     from dml_dist.losses import LOSSES
     from dml_dist.models.embedder import EmbedderWithLoss
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    collectives.init_local_gloo(rank, world_size, port)
     spec = StepSpec(num_classes=8)
     images, labels = global_batch(spec, world_size, rank)
     # Four images per class (two copies of each pair, jittered) so every loss has positives and negatives.
@@ -127,11 +110,12 @@ def _every_loss_rank_main(rank: int, world_size: int, port: int, out: str) -> No
         report[name] = {"losses": losses, "all_parameters_moved": all(moved)}
     if rank == 0:
         torch.save(report, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    collectives.shutdown()
 
 
 def every_loss_two_steps(world_size: int, tmp: Path) -> dict:
     out = tmp / "every-loss.pt"
-    mp.spawn(_every_loss_rank_main, args=(world_size, _free_port(), str(out)), nprocs=world_size, join=True)
+    mp.spawn(
+        _every_loss_rank_main, args=(world_size, collectives.free_local_port(), str(out)), nprocs=world_size, join=True
+    )
     return torch.load(out, weights_only=True)
