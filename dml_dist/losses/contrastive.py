@@ -63,9 +63,11 @@ class ContrastiveLoss(MetricLoss):
         self.reduction, self.normalize = reduction, normalize
 
     def _terms(self, dist_XN: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos_t = torch.relu(dist_XN - self.pos_margin).pow(self.power) / self.power * pos
-        neg_t = torch.relu(self.neg_margin - dist_XN).pow(self.power) / self.power * neg
-        return pos_t, neg_t
+        pos_t = torch.where(pos, torch.relu(dist_XN - self.pos_margin), 0.0)
+        neg_t = torch.where(neg, torch.relu(self.neg_margin - dist_XN), 0.0)
+        if self.power == 1:
+            return pos_t, neg_t
+        return pos_t.pow(self.power) / self.power, neg_t.pow(self.power) / self.power
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)

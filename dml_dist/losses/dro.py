@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import is_whole, label_masks, prepare
+from dml_dist.losses.pairs import EXP_FLOOR, is_whole, label_masks, masked_logsumexp, prepare
 
 PAIR_LOSSES = ("margin", "binomial", "contrastive")
 
@@ -89,18 +89,22 @@ class _DROBase(MetricLoss):
         raise NotImplementedError
 
 
-def _top_k_share(loss_BN: Tensor, mask_BN: Tensor, all_values: Tensor, k: int) -> tuple[Tensor, int]:
-    """(sum of the local terms among the global top k, the k used): ties at the k-th value
-    share its remaining slots equally."""
-    k = min(k, all_values.numel())
+@torch.no_grad()
+def _top_k_weights(loss_BN: Tensor, mask_BN: Tensor, all_loss: Tensor, all_mask: Tensor, k: int) -> tuple[Tensor, int]:
+    """([B, N] weight of each local term, the k used): 1 for the terms above the global k-th
+    largest of ``all_loss[all_mask]``, an equal share of the remaining slots for the terms tied
+    with it, 0 otherwise and outside ``mask_BN``."""
+    k = min(k, int(all_mask.sum()))
     if k == 0:
-        return loss_BN.sum() * 0.0, 0
-    kth = torch.topk(all_values, k).values[-1]
-    num_above = int((all_values > kth).sum())
-    tie_weight = (k - num_above) / int((all_values == kth).sum())
-    above = (loss_BN > kth) & mask_BN
-    tied = (loss_BN == kth) & mask_BN
-    return (loss_BN * above).sum() + tie_weight * (loss_BN * tied).sum(), k
+        return torch.zeros_like(loss_BN), 0
+    candidates = all_loss.masked_fill(~all_mask, float("-inf"))
+    kth = candidates.flatten().topk(k).values[-1]
+    above, tied = candidates > kth, candidates == kth
+    tie_weight = (k - int(above.sum())) / int(tied.sum())
+    if loss_BN.shape != all_loss.shape:  # a share of the batch: classify the local terms
+        local = loss_BN.masked_fill(~mask_BN, float("-inf"))
+        above, tied = local > kth, local == kth
+    return above.to(loss_BN.dtype).masked_fill_(tied, tie_weight), k
 
 
 class DROTopKLoss(_DROBase):
@@ -118,8 +122,8 @@ class DROTopKLoss(_DROBase):
         self.k = k
 
     def weighted_sum(self, loss_BN, pos_BN, neg_BN, all_loss, all_pos, all_neg):  # type: ignore[no-untyped-def]
-        total, k = _top_k_share(loss_BN, pos_BN | neg_BN, all_loss[all_pos | all_neg], self.k)
-        return total / max(k, 1)
+        weights, k = _top_k_weights(loss_BN, pos_BN | neg_BN, all_loss, all_pos | all_neg, self.k)
+        return (weights * loss_BN).sum() / max(k, 1)
 
 
 class DROTopKPNLoss(_DROBase):
@@ -136,9 +140,9 @@ class DROTopKPNLoss(_DROBase):
         self.k_pos, self.k_neg = k_pos, k_neg
 
     def weighted_sum(self, loss_BN, pos_BN, neg_BN, all_loss, all_pos, all_neg):  # type: ignore[no-untyped-def]
-        pos_total, k_pos = _top_k_share(loss_BN, pos_BN, all_loss[all_pos], self.k_pos)
-        neg_total, k_neg = _top_k_share(loss_BN, neg_BN, all_loss[all_neg], self.k_neg)
-        return (pos_total + neg_total) / max(k_pos + k_neg, 1)
+        pos_weights, k_pos = _top_k_weights(loss_BN, pos_BN, all_loss, all_pos, self.k_pos)
+        neg_weights, k_neg = _top_k_weights(loss_BN, neg_BN, all_loss, all_neg, self.k_neg)
+        return ((pos_weights + neg_weights) * loss_BN).sum() / max(k_pos + k_neg, 1)
 
 
 class DROKLLoss(_DROBase):
@@ -155,11 +159,10 @@ class DROKLLoss(_DROBase):
         self.gamma = gamma
 
     def weighted_sum(self, loss_BN, pos_BN, neg_BN, all_loss, all_pos, all_neg):  # type: ignore[no-untyped-def]
-        values = all_loss[all_pos | all_neg] / self.gamma
-        if values.numel() == 0:
+        all_mask = all_pos | all_neg
+        if not all_mask.any():
             return loss_BN.sum() * 0.0
-        top = values.max()
-        log_z = top + torch.log(torch.exp(values - top).sum())
-        mask = pos_BN | neg_BN
-        weights = torch.exp(loss_BN.detach() / self.gamma - log_z) * mask
+        with torch.no_grad():
+            log_z = masked_logsumexp(all_loss.reshape(1, -1) / self.gamma, all_mask.reshape(1, -1))
+            weights = (loss_BN / self.gamma - log_z).clamp_(EXP_FLOOR, 0.0).exp_().masked_fill_(~(pos_BN | neg_BN), 0.0)
         return (weights * loss_BN).sum()

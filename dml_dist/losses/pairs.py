@@ -39,6 +39,9 @@ def l2_normalize(x_ND: torch.Tensor) -> torch.Tensor:
 
 def prepare(emb_BD: torch.Tensor, ref_ND: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(anchors, candidates) in fp32 or better, L2-normalized when asked."""
+    if ref_ND is emb_BD:  # one process: one conversion and normalization, one graph
+        emb_BD = ref_ND = l2_normalize(at_least_fp32(emb_BD)) if normalize else at_least_fp32(emb_BD)
+        return emb_BD, ref_ND
     emb_BD, ref_ND = at_least_fp32(emb_BD), at_least_fp32(ref_ND)
     if normalize:
         return l2_normalize(emb_BD), l2_normalize(ref_ND)
@@ -82,9 +85,38 @@ def num_ordered_pairs(ref_labels_N: torch.Tensor) -> tuple[int, int]:
     return num_pos, n * n - int((counts * counts).sum())
 
 
-def masked_logsumexp(x_BN: torch.Tensor, mask_BN: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """log sum_{mask} exp(x) per row; a row with no valid entry gives about NEG (log 0), finitely."""
-    return torch.logsumexp(x_BN.masked_fill(~mask_BN, NEG), dim=dim)
+# Exponents below this are clamped before exp: exp(-80) < 1e-34 is nothing next to the row's
+# largest term (1), and CPU exp is 5 to 30 times slower on arguments whose result underflows
+# (below about -87), which masked entries and far-away pairs of an N x N matrix mostly are.
+EXP_FLOOR = -80.0
+
+
+class _MaskedLogSumExp(torch.autograd.Function):
+    """Row-wise log sum_{mask} exp(x) whose backward is one product with the saved softmax."""
+
+    @staticmethod
+    def forward(ctx, x_BN: torch.Tensor, mask_BN: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        top_B1 = x_BN.masked_fill(~mask_BN, NEG).amax(dim=1, keepdim=True)
+        weights_BN = (x_BN - top_B1).clamp_(EXP_FLOOR, 0.0).exp_().masked_fill_(~mask_BN, 0.0)
+        total_B1 = weights_BN.sum(dim=1, keepdim=True).clamp_min_(1e-30)
+        ctx.save_for_backward(weights_BN.div_(total_B1))
+        return (total_B1.log_() + top_B1).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_B: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (softmax_BN,) = ctx.saved_tensors
+        return softmax_BN * grad_B[:, None], None
+
+
+def masked_logsumexp(x_BN: torch.Tensor, mask_BN: torch.Tensor) -> torch.Tensor:
+    """[B] log sum_{j: mask_ij} exp(x_ij); a row with no valid entry gives about NEG (log 0), finitely.
+
+    Shifted by the row maximum over the mask, so every valid exponent lies in [EXP_FLOOR, 0];
+    masked entries are clamped into that range too and then zeroed, so no exp overflows or
+    underflows. The gradient is the masked row softmax (0 on masked entries and empty rows),
+    saved by the forward pass, so backward costs one product instead of re-running the exps.
+    """
+    return _MaskedLogSumExp.apply(x_BN, mask_BN)
 
 
 def euclidean_from_sq(sq_BN: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,16 @@ averaged over the triplets with a non-zero term (the global count over the whole
 Default: ``mining="all"``. Tests compare against pytorch-metric-learning's ``TripletMarginLoss``
 (``LpDistance(power=2)``, with ``TripletMarginMiner`` / ``BatchHardMiner``).
 
-No N^3 tensor: for an anchor with positive distance d_p and sorted negative distances, the
-triplets with non-zero loss are the negatives below d_p + alpha (above d_p too, for semi-hard),
-found by ``searchsorted``; their sum is count * (d_p + alpha) - (a prefix sum of the sorted
-negatives). Work and memory B x N (+ sorting), and N x N without gradient for the global count
-of non-zero triplets when B < N.
+No N^3 tensor: the hinge is linear in the distances on its active set, so
+
+    sum_{active (a,p,n)} (d_ap - d_an + alpha) = sum_{a,p} c_ap d_ap - sum_{a,n} c_an d_an
+                                                 + alpha * (number of active triplets)
+
+with c_ap the number of active negatives of (a, p) and c_an the number of active positives of
+(a, n). The counts are found without gradient, one positive slot at a time (P = largest class
+size - 1 slots: 1 for N-pair batches, 4 for 5 images per class): a comparison of the anchor's
+negative distances with d_ap + alpha (and d_ap, for semi-hard). Work B x N x P, memory B x N,
+and the autograd graph is one weighted sum of the distances.
 """
 
 from __future__ import annotations
@@ -36,26 +41,41 @@ from dml_dist.losses.pairs import is_whole, label_masks, prepare, squared_distan
 MINING = ("all", "semihard", "hard")
 
 
+@torch.no_grad()
+def _active_counts(
+    dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float, semihard: bool
+) -> tuple[Tensor, Tensor]:
+    """([X, N] c_ap on positive entries, -c_an on negative ones, 0 elsewhere; active triplets)."""
+    num_rows, num_cols = dist_XN.shape
+    weights_XN = torch.zeros_like(dist_XN)
+    num_pos_X = pos_XN.sum(dim=1)
+    num_slots = int(num_pos_X.max()) if num_cols else 0
+    if num_slots == 0:
+        return weights_XN, weights_XN.sum()
+    # Each row's positive distances packed into P slots; empty slots at -inf are never active.
+    rows, cols = pos_XN.nonzero(as_tuple=True)  # row-major: a row's positives are consecutive
+    slots = torch.arange(rows.numel(), device=rows.device) - (num_pos_X.cumsum(0) - num_pos_X)[rows]
+    pos_XP = dist_XN.new_full((num_rows, num_slots), float("-inf"))
+    pos_XP[rows, slots] = dist_XN[rows, cols]
+    pos_count_XP = torch.empty_like(pos_XP)
+    neg_count_XN = torch.zeros_like(dist_XN)
+    for slot in range(num_slots):
+        d_ap_X1 = pos_XP[:, slot : slot + 1]
+        active_XN = (dist_XN < d_ap_X1 + margin) & neg_XN
+        if semihard:
+            active_XN &= dist_XN > d_ap_X1
+        neg_count_XN += active_XN
+        pos_count_XP[:, slot] = active_XN.sum(dim=1)
+    weights_XN[rows, cols] = pos_count_XP[rows, slots]
+    return weights_XN.sub_(neg_count_XN), neg_count_XN.sum()
+
+
 def _triplet_sums(
     dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float, semihard: bool
 ) -> tuple[Tensor, Tensor]:
     """(sum of hinge terms, number of non-zero terms) over all (semi-hard) triplets of the rows."""
-    inf = torch.finfo(dist_XN.dtype).max
-    neg_sorted_XN = dist_XN.masked_fill(~neg_XN, inf).sort(dim=1).values
-    is_neg_sorted = neg_sorted_XN < inf
-    prefix_XN1 = torch.nn.functional.pad(torch.cumsum(neg_sorted_XN * is_neg_sorted, dim=1), (1, 0))
-    keys_XN = neg_sorted_XN.detach().contiguous()
-    upper_XN = dist_XN + margin
-    hi_XN = torch.searchsorted(keys_XN, upper_XN.detach().contiguous(), side="left")
-    if semihard:
-        lo_XN = torch.searchsorted(keys_XN, dist_XN.detach().contiguous(), side="right")
-    else:
-        lo_XN = torch.zeros_like(hi_XN)
-    count_XN = (hi_XN - lo_XN).clamp_min(0) * pos_XN
-    hi_XN, lo_XN = torch.maximum(hi_XN, lo_XN), lo_XN
-    span_XN = prefix_XN1.gather(1, hi_XN) - prefix_XN1.gather(1, lo_XN)
-    terms_XN = (count_XN * upper_XN - span_XN * (count_XN > 0)) * pos_XN
-    return terms_XN.sum(), count_XN.sum()
+    weights_XN, count = _active_counts(dist_XN, pos_XN, neg_XN, margin, semihard)
+    return (weights_XN * dist_XN).sum() + margin * count, count
 
 
 def _hard_terms(dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float) -> Tensor:
