@@ -14,8 +14,10 @@ lambda = 2, ``with_npair=False``. Tests compare L_ang with pytorch-metric-learni
 ``AngularLoss`` (same form: all positive pairs, mean over them), fed L2-normalized input:
 PML normalizes x_a and x_p but uses the negatives x_n as given, unlike the paper.
 
-Computation: (x_a + x_p)^T x_n = s_an + s_pn, so the anchors' and their positives' rows of the
-similarity matrix are enough; for K = 2 per class that is about 2 B x N x D of work.
+Computation: one product of the pairs' sums (x_a + x_p) with the candidates, Q x N x D for Q
+positive pairs (Q = B for K = 2 per class), the floor's work. With N-pair, the N-pair part needs
+its own product of the raw (unnormalized) embeddings, so that combination costs two similarity
+matrices: about twice the floor by construction.
 """
 
 from __future__ import annotations

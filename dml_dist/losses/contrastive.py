@@ -27,6 +27,7 @@ from torch import Tensor
 from dml_dist.losses.base import MetricLoss
 from dml_dist.losses.pairs import (
     euclidean_from_sq,
+    factor,
     is_whole,
     label_masks,
     num_ordered_pairs,
@@ -63,8 +64,8 @@ class ContrastiveLoss(MetricLoss):
         self.reduction, self.normalize = reduction, normalize
 
     def _terms(self, dist_XN: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos_t = torch.where(pos, torch.relu(dist_XN - self.pos_margin), 0.0)
-        neg_t = torch.where(neg, torch.relu(self.neg_margin - dist_XN), 0.0)
+        pos_t = torch.relu(dist_XN - self.pos_margin) * factor(pos, dist_XN)
+        neg_t = torch.relu(self.neg_margin - dist_XN) * factor(neg, dist_XN)
         if self.power == 1:
             return pos_t, neg_t
         return pos_t.pow(self.power) / self.power, neg_t.pow(self.power) / self.power

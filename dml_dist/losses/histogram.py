@@ -22,6 +22,12 @@ bilinear in (h-, h+), so with Phi+ and Psi-_q = sum_{r >= q} h-_r held constant,
 
 has, summed over ranks, the value L and the gradient of L (each pair (i, j), i < j, is owned by
 the rank of row i; its gradient reaches row j's rank through the autograd gather).
+
+Computation: interp(T, s) is linear in s within a bin, with slope (T_{r+1} - T_r) / Delta, so
+the share's gradient is that of sum_ij W_ij s_ij with W_ij the slope of the pair's bin (Phi+
+for negatives / n_neg, Psi- for positives / n_pos), held constant. Bins, densities and W come
+from whole-matrix passes with the masks as weights (no gathering of the pair lists), and the
+autograd graph is one weighted sum of the similarities. Work B x N x D.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import is_whole, prepare
+from dml_dist.losses.pairs import factor, is_whole, prepare
 
 
 def _upper_masks(labels_B: Tensor, ref_labels_N: Tensor, row_start: int) -> tuple[Tensor, Tensor]:
@@ -55,29 +61,30 @@ class HistogramLoss(MetricLoss):
         self.n_bins = n_bins
         self.delta = 2.0 / n_bins
 
-    def _position(self, sim: Tensor) -> tuple[Tensor, Tensor]:
+    @torch.no_grad()
+    def _bins(self, sim: Tensor) -> tuple[Tensor, Tensor]:
         """(left node index, weight of the right node) of each similarity."""
         x = (sim + 1) / self.delta
-        left = torch.floor(x.detach()).long().clamp(0, self.n_bins - 1)
+        left = x.floor().long().clamp_(0, self.n_bins - 1)
         return left, x - left
 
-    def _density(self, sim: Tensor) -> Tensor:
-        left, right_w = self._position(sim)
-        density = sim.new_zeros(self.n_bins + 1)
-        density.scatter_add_(0, left + 1, right_w)
-        density.scatter_add_(0, left, 1 - right_w)
-        return density / max(sim.numel(), 1)
-
-    def _interp(self, table: Tensor, sim: Tensor) -> Tensor:
-        left, right_w = self._position(sim)
-        return ((1 - right_w) * table[left] + right_w * table[left + 1]).sum()
+    @torch.no_grad()
+    def _density(self, left: Tensor, right_w: Tensor, mask: Tensor, count: int) -> Tensor:
+        """[n_bins + 1] density of the masked similarities, each spread over its two nodes."""
+        mass = mask.to(right_w.dtype)
+        right_mass = right_w * mass
+        density = right_w.new_zeros(self.n_bins + 1)
+        density.scatter_add_(0, left.flatten(), (mass - right_mass).flatten())
+        density.scatter_add_(0, left.flatten() + 1, right_mass.flatten())
+        return density / count
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = (a_BD @ r_ND.T).clamp(-1, 1)
         pos_BN, neg_BN = _upper_masks(labels_B, ref_labels_N, ref_start)
+        whole = is_whole(emb_BD, ref_ND)
         with torch.no_grad():
-            if is_whole(emb_BD, ref_ND):
+            if whole:
                 all_sim, all_pos, all_neg = sim_BN.detach(), pos_BN, neg_BN
             else:
                 all_sim = (r_ND @ r_ND.T).clamp(-1, 1)
@@ -86,9 +93,18 @@ class HistogramLoss(MetricLoss):
         if num_pos == 0 or num_neg == 0:
             return (sim_BN * 0.0).sum()
         with torch.no_grad():
-            h_pos, h_neg = self._density(all_sim[all_pos]), self._density(all_sim[all_neg])
-            phi_pos = torch.cumsum(h_pos, 0)
+            left, right_w = self._bins(all_sim)
+            h_neg = self._density(left, right_w, all_neg, num_neg)
+            phi_pos = torch.cumsum(self._density(left, right_w, all_pos, num_pos), 0)
             psi_neg = torch.flip(torch.cumsum(torch.flip(h_neg, [0]), 0), [0])
-        neg_part = self._interp(phi_pos, sim_BN[neg_BN]) / num_neg
-        pos_part = self._interp(psi_neg, sim_BN[pos_BN]) / num_pos
-        return neg_part + pos_part - pos_part.detach()
+            if whole:
+                value = (h_neg * phi_pos).sum()
+            else:
+                left, right_w = self._bins(sim_BN.detach())
+                interp = phi_pos[left] + right_w * (phi_pos[left + 1] - phi_pos[left])
+                value = (interp * neg_BN).sum() / num_neg
+            neg_slope = (phi_pos[1:] - phi_pos[:-1]) / (self.delta * num_neg)
+            pos_slope = (psi_neg[1:] - psi_neg[:-1]) / (self.delta * num_pos)
+            weights_BN = neg_slope[left] * factor(neg_BN, sim_BN) + pos_slope[left] * factor(pos_BN, sim_BN)
+        surrogate = (weights_BN * sim_BN).sum()
+        return surrogate - surrogate.detach() + value  # the share's value, the gradient of L

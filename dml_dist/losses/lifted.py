@@ -62,6 +62,6 @@ class LiftedStructureLoss(MetricLoss):
             rows = torch.nonzero(pos_BN.any(dim=0)).squeeze(1)
             lse_rows = self._neg_lse(r_ND[rows], ref_labels_N[rows], r_ND, ref_labels_N)
             lse_N = lse_B.new_zeros(ref_ND.shape[0]).index_put((rows,), lse_rows)
-        j_BN = torch.logaddexp(lse_B[:, None], lse_N[None, :]) + dist_BN
-        terms = (torch.relu(j_BN).pow(2) * pos_BN).sum() / 2
-        return terms / max(num_ordered_pairs(ref_labels_N)[0], 1)
+        rows, cols = pos_BN.nonzero(as_tuple=True)
+        j_P = torch.logaddexp(lse_B[rows], lse_N[cols]) + dist_BN[rows, cols]
+        return torch.relu(j_P).pow(2).sum() / 2 / max(num_ordered_pairs(ref_labels_N)[0], 1)

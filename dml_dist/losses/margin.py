@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import euclidean_from_sq, is_whole, label_masks, prepare, squared_distances
+from dml_dist.losses.pairs import euclidean_from_sq, factor, is_whole, label_masks, prepare, squared_distances
 
 
 class MarginLoss(MetricLoss):
@@ -60,11 +60,11 @@ class MarginLoss(MetricLoss):
 
     def _terms(self, dist: Tensor, pos: Tensor, neg: Tensor, beta_X1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(weighted term sum, weighted non-zero count, triplets per row) of the rows."""
-        pos_t = torch.relu(dist - beta_X1 + self.margin) * pos
-        neg_t = torch.relu(beta_X1 - dist + self.margin) * neg
-        num_pos_X, num_neg_X = pos.sum(1), neg.sum(1)
+        pos_t = torch.relu(dist - (beta_X1 - self.margin)) * factor(pos, dist)
+        neg_t = torch.relu((beta_X1 + self.margin) - dist) * factor(neg, dist)
+        num_pos_X, num_neg_X = torch.count_nonzero(pos, dim=1), torch.count_nonzero(neg, dim=1)
         total = (num_neg_X * pos_t.sum(1) + num_pos_X * neg_t.sum(1)).sum()
-        count = (num_neg_X * (pos_t > 0).sum(1) + num_pos_X * (neg_t > 0).sum(1)).sum()
+        count = (num_neg_X * torch.count_nonzero(pos_t, dim=1) + num_pos_X * torch.count_nonzero(neg_t, dim=1)).sum()
         return total, count, num_pos_X * num_neg_X
 
     def _betas(self, labels_X: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import label_masks, masked_logsumexp, prepare
+from dml_dist.losses.pairs import label_masks, masked_logsumexp, masked_max, masked_min, prepare
 
 
 class MultiSimilarityLoss(MetricLoss):
@@ -61,8 +61,7 @@ class MultiSimilarityLoss(MetricLoss):
         if self.mining:
             with torch.no_grad():
                 sim = sim_BN.detach()
-                min_pos_B1 = sim.masked_fill(~pos_BN, float("inf")).amin(dim=1, keepdim=True)
-                max_neg_B1 = sim.masked_fill(~neg_BN, float("-inf")).amax(dim=1, keepdim=True)
+                min_pos_B1, max_neg_B1 = masked_min(sim, pos_BN), masked_max(sim, neg_BN)
                 pos_BN = pos_BN & (sim - self.epsilon < max_neg_B1)
                 neg_BN = neg_BN & (sim + self.epsilon > min_pos_B1)
         pos_term_B = F.softplus(masked_logsumexp(-self.alpha * (sim_BN - self.base), pos_BN)) / self.alpha

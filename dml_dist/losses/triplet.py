@@ -36,7 +36,15 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import is_whole, label_masks, prepare, squared_distances, zero_loss
+from dml_dist.losses.pairs import (
+    is_whole,
+    label_masks,
+    masked_max,
+    masked_min,
+    prepare,
+    squared_distances,
+    zero_loss,
+)
 
 MINING = ("all", "semihard", "hard")
 
@@ -80,8 +88,7 @@ def _triplet_sums(
 
 def _hard_terms(dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float) -> Tensor:
     """[X] batch-hard terms: farthest positive vs nearest negative; 0 where either is missing."""
-    hardest_pos = dist_XN.masked_fill(~pos_XN, -1.0).amax(dim=1)
-    hardest_neg = dist_XN.masked_fill(~neg_XN, torch.finfo(dist_XN.dtype).max).amin(dim=1)
+    hardest_pos, hardest_neg = masked_max(dist_XN, pos_XN)[:, 0], masked_min(dist_XN, neg_XN)[:, 0]
     valid = pos_XN.any(dim=1) & neg_XN.any(dim=1)
     return torch.where(valid, torch.relu(hardest_pos - hardest_neg.masked_fill(~valid, 0) + margin), 0.0)
 
