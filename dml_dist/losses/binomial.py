@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import label_masks, num_ordered_pairs, prepare
+from dml_dist.losses.pairs import label_masks, num_ordered_pairs, prepare, similarities
 
 
 class BinomialDevianceLoss(MetricLoss):
@@ -33,7 +33,7 @@ class BinomialDevianceLoss(MetricLoss):
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
-        sim_BN = a_BD @ r_ND.T
+        sim_BN = similarities(a_BD, r_ND)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         num_pos, num_neg = num_ordered_pairs(ref_labels_N)
         pos = (F.softplus(-self.alpha * (sim_BN - self.beta)) * pos_BN).sum() / max(num_pos, 1)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import EXP_FLOOR, NEG, factor, is_whole, label_masks, masked_logsumexp, prepare
+from dml_dist.losses.pairs import EXP_FLOOR, NEG, factor, is_whole, label_masks, masked_logsumexp, prepare, similarities
 
 PAIR_LOSSES = ("margin", "binomial", "contrastive")
 
@@ -79,7 +79,7 @@ class _DROBase(MetricLoss):
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
-        loss_BN = self.pair_losses(a_BD @ r_ND.T, pos_BN)
+        loss_BN = self.pair_losses(similarities(a_BD, r_ND), pos_BN)
         with torch.no_grad():
             if is_whole(emb_BD, ref_ND):
                 all_loss, all_pos, all_neg = loss_BN.detach(), pos_BN, neg_BN

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import factor, is_whole, prepare
+from dml_dist.losses.pairs import factor, is_whole, prepare, similarities
 
 
 def _upper_masks(labels_B: Tensor, ref_labels_N: Tensor, row_start: int) -> tuple[Tensor, Tensor]:
@@ -80,7 +80,7 @@ class HistogramLoss(MetricLoss):
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
-        sim_BN = (a_BD @ r_ND.T).clamp(-1, 1)
+        sim_BN = similarities(a_BD, r_ND).clamp(-1, 1)
         pos_BN, neg_BN = _upper_masks(labels_B, ref_labels_N, ref_start)
         whole = is_whole(emb_BD, ref_ND)
         with torch.no_grad():

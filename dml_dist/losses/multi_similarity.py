@@ -18,6 +18,8 @@ the official code (MalongTech/research-ms-loss) skips such anchors: ``skip_one_s
 reproduces that (its configs also use beta = 40 rather than 50). m is the global batch size.
 
 Computation: mining is a per-row min/max, the loss two masked log-sum-exps per row: B x N x D.
+The positives (K - 1 per anchor) are gathered by label into B x (K) slots, so only the negative
+side touches the whole B x N matrix.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import label_masks, masked_logsumexp, masked_max, masked_min, prepare
+from dml_dist.losses.pairs import masked_logsumexp, masked_max, masked_min, positive_index, prepare, similarities
 
 
 class MultiSimilarityLoss(MetricLoss):
@@ -56,17 +58,19 @@ class MultiSimilarityLoss(MetricLoss):
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
-        sim_BN = a_BD @ r_ND.T
-        pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
+        sim_BN = similarities(a_BD, r_ND)
+        index_BP, pos_BP = positive_index(labels_B, ref_labels_N, ref_start)
+        pos_sim_BP = sim_BN.gather(1, index_BP)
+        neg_BN = labels_B[:, None] != ref_labels_N[None, :]
         if self.mining:
             with torch.no_grad():
-                sim = sim_BN.detach()
-                min_pos_B1, max_neg_B1 = masked_min(sim, pos_BN), masked_max(sim, neg_BN)
-                pos_BN = pos_BN & (sim - self.epsilon < max_neg_B1)
-                neg_BN = neg_BN & (sim + self.epsilon > min_pos_B1)
-        pos_term_B = F.softplus(masked_logsumexp(-self.alpha * (sim_BN - self.base), pos_BN)) / self.alpha
+                min_pos_B1 = masked_min(pos_sim_BP.detach(), pos_BP)
+                max_neg_B1 = masked_max(sim_BN.detach(), neg_BN)
+                pos_BP = pos_BP & (pos_sim_BP.detach() - self.epsilon < max_neg_B1)
+                neg_BN = neg_BN & (sim_BN.detach() + self.epsilon > min_pos_B1)
+        pos_term_B = F.softplus(masked_logsumexp(-self.alpha * (pos_sim_BP - self.base), pos_BP)) / self.alpha
         neg_term_B = F.softplus(masked_logsumexp(self.beta * (sim_BN - self.base), neg_BN)) / self.beta
         terms_B = pos_term_B + neg_term_B
         if self.skip_one_sided:
-            terms_B = terms_B * (pos_BN.any(dim=1) & neg_BN.any(dim=1))
+            terms_B = terms_B * (pos_BP.any(dim=1) & (torch.count_nonzero(neg_BN, dim=1) > 0))
         return terms_B.sum() / ref_ND.shape[0]

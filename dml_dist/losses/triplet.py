@@ -89,7 +89,7 @@ def _triplet_sums(
 def _hard_terms(dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float) -> Tensor:
     """[X] batch-hard terms: farthest positive vs nearest negative; 0 where either is missing."""
     hardest_pos, hardest_neg = masked_max(dist_XN, pos_XN)[:, 0], masked_min(dist_XN, neg_XN)[:, 0]
-    valid = pos_XN.any(dim=1) & neg_XN.any(dim=1)
+    valid = (torch.count_nonzero(pos_XN, dim=1) > 0) & (torch.count_nonzero(neg_XN, dim=1) > 0)
     return torch.where(valid, torch.relu(hardest_pos - hardest_neg.masked_fill(~valid, 0) + margin), 0.0)
 
 

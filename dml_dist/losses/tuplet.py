@@ -29,7 +29,15 @@ from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
 from dml_dist.losses.npair import check_npair_params
-from dml_dist.losses.pairs import at_least_fp32, class_sizes, label_masks, masked_logsumexp, num_ordered_pairs, prepare
+from dml_dist.losses.pairs import (
+    at_least_fp32,
+    class_sizes,
+    label_masks,
+    masked_logsumexp,
+    num_ordered_pairs,
+    prepare,
+    similarities,
+)
 
 
 class TupletLoss(MetricLoss):
@@ -47,7 +55,7 @@ class TupletLoss(MetricLoss):
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.temperature is not None)
-        sim_BN = a_BD @ r_ND.T
+        sim_BN = similarities(a_BD, r_ND)
         if self.temperature is not None:
             sim_BN = sim_BN / self.temperature
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
