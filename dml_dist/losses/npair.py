@@ -79,9 +79,12 @@ class NPairMCLoss(MetricLoss):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits [A, P] of local anchors vs all positives, targets [A], anchor rows, positive rows)."""
         anchor_rows_P, positive_rows_P = first_two_rows_per_label(ref_labels_N)
-        local_end = ref_start + emb_BD.shape[0]
-        is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
-        targets_A = torch.nonzero(is_local_P).squeeze(1)
+        if emb_BD.shape[0] == ref_ND.shape[0]:  # one process: every anchor is local
+            targets_A = torch.arange(anchor_rows_P.numel(), device=anchor_rows_P.device)
+        else:
+            local_end = ref_start + emb_BD.shape[0]
+            is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
+            targets_A = torch.nonzero(is_local_P).squeeze(1)
         anchors_AD = _at_least_fp32(emb_BD[anchor_rows_P[targets_A] - ref_start])
         positives_PD = _at_least_fp32(ref_ND[positive_rows_P])
         if self.temperature is not None:
@@ -122,7 +125,8 @@ class NPairMCLoss(MetricLoss):
     ) -> torch.Tensor:
         """Sum of |f|^2 over this rank's rows that are an anchor or a positive of some pair."""
         rows = torch.cat([anchor_rows_P, positive_rows_P]) - ref_start
-        rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
+        if ref_start > 0 or rows.numel() == 0 or int(rows.max()) >= emb_BD.shape[0]:
+            rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
         return _at_least_fp32(emb_BD[rows]).pow(2).sum()
 
 
