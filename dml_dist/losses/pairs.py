@@ -96,7 +96,7 @@ def positive_index(
     class size in the reference set. Positives are sparse (K - 1 per anchor for K images per
     class), so losses gather their similarities (``sim_BN.gather(1, index)``) and work on B x P
     instead of masking the whole B x N matrix. Found from the sorted labels, in O(N log N);
-    padding slots and the anchor itself are marked invalid."""
+    each row's positives come first, then invalid padding (P >= 1 even with no positives)."""
     order_N = torch.argsort(ref_labels_N, stable=True)
     classes, counts = torch.unique_consecutive(ref_labels_N[order_N], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
@@ -105,7 +105,11 @@ def positive_index(
     valid_BP = (slots_P[None, :] < counts[cls_B][:, None]) & (classes[cls_B] == labels_B)[:, None]
     index_BP = order_N[(starts[cls_B][:, None] + slots_P[None, :]).clamp_max(ref_labels_N.numel() - 1)]
     anchors_B1 = torch.arange(labels_B.numel(), device=labels_B.device)[:, None] + ref_start
-    return index_BP, valid_BP & (index_BP != anchors_B1)
+    valid_BP &= index_BP != anchors_B1
+    # The anchor's own slot moves to the end, where every row has one to spare: drop it.
+    front_BP = torch.argsort((~valid_BP).to(torch.uint8), dim=1, stable=True)
+    width = max(1, int(valid_BP.sum(dim=1).max())) if labels_B.numel() else 1
+    return index_BP.gather(1, front_BP)[:, :width], valid_BP.gather(1, front_BP)[:, :width]
 
 
 def class_sizes(labels_B: torch.Tensor, ref_labels_N: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,10 @@ No N^3 tensor: the hinge is linear in the distances on its active set, so
                                                  + alpha * (number of active triplets)
 
 with c_ap the number of active negatives of (a, p) and c_an the number of active positives of
-(a, n). The counts are found without gradient, one positive slot at a time (P = largest class
-size - 1 slots: 1 for N-pair batches, 4 for 5 images per class): a comparison of the anchor's
-negative distances with d_ap + alpha (and d_ap, for semi-hard). Work B x N x P, memory B x N,
-and the autograd graph is one weighted sum of the distances.
+(a, n). The counts are found without gradient, one positive slot at a time (``positive_index``:
+P = the largest number of positives, 1 for N-pair batches, 4 for 5 images per class): a comparison of the
+anchor's negative distances with d_ap + alpha (and d_ap, for semi-hard). Work B x N x P, memory
+B x N, and the autograd graph is one weighted sum of the distances.
 """
 
 from __future__ import annotations
@@ -36,60 +36,44 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import (
-    is_whole,
-    label_masks,
-    masked_max,
-    masked_min,
-    prepare,
-    squared_distances,
-    zero_loss,
-)
+from dml_dist.losses.pairs import is_whole, masked_max, masked_min, positive_index, prepare, squared_distances
 
 MINING = ("all", "semihard", "hard")
 
 
 @torch.no_grad()
 def _active_counts(
-    dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float, semihard: bool
+    dist_XN: Tensor, index_XP: Tensor, valid_XP: Tensor, neg_XN: Tensor, margin: float, semihard: bool
 ) -> tuple[Tensor, Tensor]:
     """([X, N] c_ap on positive entries, -c_an on negative ones, 0 elsewhere; active triplets)."""
-    num_rows, num_cols = dist_XN.shape
-    weights_XN = torch.zeros_like(dist_XN)
-    num_pos_X = pos_XN.sum(dim=1)
-    num_slots = int(num_pos_X.max()) if num_cols else 0
-    if num_slots == 0:
-        return weights_XN, weights_XN.sum()
-    # Each row's positive distances packed into P slots; empty slots at -inf are never active.
-    rows, cols = pos_XN.nonzero(as_tuple=True)  # row-major: a row's positives are consecutive
-    slots = torch.arange(rows.numel(), device=rows.device) - (num_pos_X.cumsum(0) - num_pos_X)[rows]
-    pos_XP = dist_XN.new_full((num_rows, num_slots), float("-inf"))
-    pos_XP[rows, slots] = dist_XN[rows, cols]
+    # Empty positive slots at -inf are never active.
+    pos_XP = dist_XN.gather(1, index_XP).masked_fill_(~valid_XP, float("-inf"))
     pos_count_XP = torch.empty_like(pos_XP)
     neg_count_XN = torch.zeros_like(dist_XN)
-    for slot in range(num_slots):
+    for slot in range(pos_XP.shape[1]):
         d_ap_X1 = pos_XP[:, slot : slot + 1]
         active_XN = (dist_XN < d_ap_X1 + margin) & neg_XN
         if semihard:
             active_XN &= dist_XN > d_ap_X1
         neg_count_XN += active_XN
         pos_count_XP[:, slot] = active_XN.sum(dim=1)
-    weights_XN[rows, cols] = pos_count_XP[rows, slots]
+    weights_XN = torch.zeros_like(dist_XN).scatter_add_(1, index_XP, pos_count_XP * valid_XP)
     return weights_XN.sub_(neg_count_XN), neg_count_XN.sum()
 
 
 def _triplet_sums(
-    dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float, semihard: bool
+    dist_XN: Tensor, index_XP: Tensor, valid_XP: Tensor, neg_XN: Tensor, margin: float, semihard: bool
 ) -> tuple[Tensor, Tensor]:
     """(sum of hinge terms, number of non-zero terms) over all (semi-hard) triplets of the rows."""
-    weights_XN, count = _active_counts(dist_XN, pos_XN, neg_XN, margin, semihard)
+    weights_XN, count = _active_counts(dist_XN, index_XP, valid_XP, neg_XN, margin, semihard)
     return (weights_XN * dist_XN).sum() + margin * count, count
 
 
-def _hard_terms(dist_XN: Tensor, pos_XN: Tensor, neg_XN: Tensor, margin: float) -> Tensor:
+def _hard_terms(dist_XN: Tensor, index_XP: Tensor, valid_XP: Tensor, neg_XN: Tensor, margin: float) -> Tensor:
     """[X] batch-hard terms: farthest positive vs nearest negative; 0 where either is missing."""
-    hardest_pos, hardest_neg = masked_max(dist_XN, pos_XN)[:, 0], masked_min(dist_XN, neg_XN)[:, 0]
-    valid = (torch.count_nonzero(pos_XN, dim=1) > 0) & (torch.count_nonzero(neg_XN, dim=1) > 0)
+    hardest_pos = masked_max(dist_XN.gather(1, index_XP), valid_XP)[:, 0]
+    hardest_neg = masked_min(dist_XN, neg_XN)[:, 0]
+    valid = valid_XP.any(dim=1) & (torch.count_nonzero(neg_XN, dim=1) > 0)
     return torch.where(valid, torch.relu(hardest_pos - hardest_neg.masked_fill(~valid, 0) + margin), 0.0)
 
 
@@ -113,20 +97,19 @@ class TripletLoss(MetricLoss):
         sq = squared_distances(a, r, self.normalize)
         return sq if self.squared else sq.clamp_min(1e-12).sqrt()
 
-    def _sums(self, dist: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    def _sums(self, dist_XN: Tensor, labels_X: Tensor, ref_labels_N: Tensor, row_start: int) -> tuple[Tensor, Tensor]:
+        """(sum of the hinge terms, number of non-zero terms) of rows X against all candidates."""
+        index_XP, valid_XP = positive_index(labels_X, ref_labels_N, row_start)
+        neg_XN = labels_X[:, None] != ref_labels_N[None, :]
         if self.mining == "hard":
-            terms = _hard_terms(dist, pos, neg, self.margin)
+            terms = _hard_terms(dist_XN, index_XP, valid_XP, neg_XN, self.margin)
             return terms.sum(), (terms > 0).sum()
-        return _triplet_sums(dist, pos, neg, self.margin, self.mining == "semihard")
+        return _triplet_sums(dist_XN, index_XP, valid_XP, neg_XN, self.margin, self.mining == "semihard")
 
     def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
-        pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
-        if not pos_BN.any() and is_whole(emb_BD, ref_ND):
-            return zero_loss(emb_BD)
-        total, count = self._sums(self._distances(a_BD, r_ND), pos_BN, neg_BN)
+        total, count = self._sums(self._distances(a_BD, r_ND), labels_B, ref_labels_N, ref_start)
         if not is_whole(emb_BD, ref_ND):
             with torch.no_grad():
-                all_pos, all_neg = label_masks(ref_labels_N, ref_labels_N, 0)
-                count = self._sums(self._distances(r_ND, r_ND), all_pos, all_neg)[1]
+                count = self._sums(self._distances(r_ND, r_ND), ref_labels_N, ref_labels_N, 0)[1]
         return total / count.clamp_min(1)

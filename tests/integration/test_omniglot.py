@@ -1,6 +1,8 @@
 """Real images end to end: Omniglot -> ``dml-dist shards`` -> ``dml-dist train`` on Ray.
 
 Train on 3 alphabets, evaluate retrieval on the classes of the other 2 (never seen in training).
+The run takes its loss from a YAML file (multi-similarity with its hyperparameters, not the
+quickstart's N-pair), as a user writes it.
 Skips when ``../shared/data/omniglot/images_background_small1.zip`` is absent.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from dml_dist.cli import main
 from dml_dist.data.shards import IndexedShards, read_manifest
@@ -42,11 +45,16 @@ def test_convert_omniglot_and_train_through_the_cli(ray_session, tmp_path: Path)
     num_train_classes = IndexedShards(tmp_path / "train_shards").num_classes
     assert num_train_classes >= 32
 
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config["loss"] = {"name": "multi_similarity", "alpha": 2, "beta": 50, "base": 0.5}
+    config["batch"].update(num_classes=16, images_per_class=4)
+    config_path = tmp_path / "omniglot_ms.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
     status = main(
         [
             "train",
-            str(REPO / "configs" / "quickstart.yaml"),
+            str(config_path),
             "--run-dir",
             str(run_dir),
             "--workers",
@@ -58,8 +66,6 @@ def test_convert_omniglot_and_train_through_the_cli(ray_session, tmp_path: Path)
             "--eval-data",
             str(tmp_path / "eval_shards"),
             "--set",
-            "batch.num_classes=32",
-            "--set",
             "data.image_size=28",
             "--set",
             "train.log_every=5",
@@ -70,6 +76,8 @@ def test_convert_omniglot_and_train_through_the_cli(ray_session, tmp_path: Path)
         ]
     )
     assert status == 0
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())["loss"]
+    assert recorded["name"] == "multi_similarity" and recorded["beta"] == 50, recorded
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["step"] == 15 and result["num_queries"] == 20 * result["num_classes"]
     assert result["num_classes"] == read_manifest(tmp_path / "eval_shards")["num_classes"]

@@ -14,6 +14,7 @@ from pytorch_metric_learning import miners
 from pytorch_metric_learning.distances import LpDistance
 
 from dml_dist.losses import LOSSES, build_loss
+from dml_dist.losses.pairs import label_masks, positive_index
 
 
 def _batch(num_classes: int = 8, per_class: int = 3, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,6 +242,22 @@ def test_rank_shares_sum_to_the_global_loss_and_gradient(name: str) -> None:
     shares, shares_grad = _value_and_grad(sharded, emb, labels)
     torch.testing.assert_close(shares, whole)
     torch.testing.assert_close(shares_grad, whole_grad)
+
+
+def test_positive_index_lists_exactly_each_anchors_positives() -> None:
+    """The gathered positive slots of any share of any batch are the positive mask's entries."""
+    for seed in range(30):
+        gen = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(1, 40, (1,), generator=gen))
+        labels = torch.randint(0, 6, (n,), generator=gen)
+        start = int(torch.randint(0, n, (1,), generator=gen))
+        size = int(torch.randint(1, n - start + 1, (1,), generator=gen))
+        index, valid = positive_index(labels[start : start + size], labels, start)
+        pos, _ = label_masks(labels[start : start + size], labels, start)
+        rebuilt = torch.zeros_like(pos)
+        rebuilt[torch.arange(size)[:, None].expand_as(index)[valid], index[valid]] = True
+        assert torch.equal(rebuilt, pos) and int(valid.sum()) == int(pos.sum()), seed
+        assert index.shape[1] == max(1, int(pos.sum(dim=1).max())), seed
 
 
 # ----------------------------------------------------------------------------- edge cases
