@@ -59,7 +59,7 @@ class AngularLoss(MetricLoss):
         anchor_B, positive_N = torch.nonzero(pos_BN, as_tuple=True)  # pairs (anchor, positive), [Q]
         loss = a_BD.sum() * 0.0
         if anchor_B.numel() > 0:
-            a_QD, p_QD = a_BD[anchor_B], r_ND[positive_N]
+            a_QD, p_QD = a_BD.index_select(0, anchor_B), r_ND.index_select(0, positive_N)
             f_QN = 4 * self.sq_tan * ((a_QD + p_QD) @ r_ND.T) - 2 * (1 + self.sq_tan) * (a_QD * p_QD).sum(
                 1, keepdim=True
             )

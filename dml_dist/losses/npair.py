@@ -85,8 +85,9 @@ class NPairMCLoss(MetricLoss):
             local_end = ref_start + emb_BD.shape[0]
             is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
             targets_A = torch.nonzero(is_local_P).squeeze(1)
-        anchors_AD = _at_least_fp32(emb_BD[anchor_rows_P[targets_A] - ref_start])
-        positives_PD = _at_least_fp32(ref_ND[positive_rows_P])
+        # index_select: its backward (index_add) is about 3x faster than advanced indexing's.
+        anchors_AD = _at_least_fp32(emb_BD.index_select(0, anchor_rows_P[targets_A] - ref_start))
+        positives_PD = _at_least_fp32(ref_ND.index_select(0, positive_rows_P))
         if self.temperature is not None:
             anchors_AD = l2_normalize(anchors_AD)
             positives_PD = l2_normalize(positives_PD)
@@ -127,7 +128,7 @@ class NPairMCLoss(MetricLoss):
         rows = torch.cat([anchor_rows_P, positive_rows_P]) - ref_start
         if ref_start > 0 or rows.numel() == 0 or int(rows.max()) >= emb_BD.shape[0]:
             rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
-        return _at_least_fp32(emb_BD[rows]).pow(2).sum()
+        return _at_least_fp32(emb_BD.index_select(0, rows)).pow(2).sum()
 
 
 class NPairOVOLoss(NPairMCLoss):
