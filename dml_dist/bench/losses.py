@@ -1,21 +1,22 @@
 """``dml-dist bench losses``: forward+backward time of each loss at N embeddings, D = 512.
 
 Baselines measured in the same run: the floor, the bare N x N x D similarity matmul forward and
-backward (``(E @ E.T).sum().backward()``), timed back to back with each loss so that the ratio is
-the median of paired ratios, and pytorch-metric-learning's implementation of the
-same loss when it is installed, configured as the tests configure it to match ours. Batches hold
-N/2 classes x 2 images (N-pair construction). Each variant below is one row; ``triplet`` is timed
+backward (``(E @ E.T).sum().backward()``), and pytorch-metric-learning's implementation of the
+same loss when it is installed, configured as the tests configure it to match ours. The three
+are called in turn within each repeat, and each ratio is the median of the per-repeat ratios.
+Batches hold N/2 classes x 2 images (N-pair construction). Each variant below is one row; ``triplet`` is timed
 with all, semi-hard and hard (batch-hard) triplets.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from dml_dist.bench.timing import paired_medians
+from dml_dist.bench.timing import interleaved_times, median_ratio
 from dml_dist.losses import build_loss
 
 DIM = 512
@@ -92,20 +93,25 @@ def run_loss_bench(sizes: list[int], repeats: int = 7) -> dict[str, Any]:
     for n in sizes:
         emb = torch.randn(n, DIM)
         labels = torch.arange(n // 2).repeat_interleave(2)
-        floor_fn = _fwd_bwd(_floor, emb, labels)
         for name, registry_name, params in VARIANTS:
-            ours_fn = _fwd_bwd(build_loss(registry_name, **params), emb, labels)
-            ours, floor, over_floor = paired_medians(ours_fn, floor_fn, repeats)
+            fns = {
+                "floor": _fwd_bwd(_floor, emb, labels),
+                "ours": _fwd_bwd(build_loss(registry_name, **params), emb, labels),
+            }
+            if name in references:
+                fns["pml"] = _fwd_bwd(references[name], emb, labels)
+            times = interleaved_times(fns, repeats)
             row: dict[str, Any] = {
                 "loss": name,
                 "n": n,
-                "floor_ms": floor * 1e3,
-                "ours_ms": ours * 1e3,
-                "ours_over_floor": over_floor,
+                "floor_ms": statistics.median(times["floor"]) * 1e3,
+                "ours_ms": statistics.median(times["ours"]) * 1e3,
+                "ours_over_floor": median_ratio(times, "ours", "floor"),
             }
-            if name in references:
-                _, ref, over_pml = paired_medians(ours_fn, _fwd_bwd(references[name], emb, labels), repeats)
-                row.update(pml_ms=ref * 1e3, ours_over_pml=over_pml)
+            if "pml" in times:
+                row.update(
+                    pml_ms=statistics.median(times["pml"]) * 1e3, ours_over_pml=median_ratio(times, "ours", "pml")
+                )
             rows.append(row)
     print(f"{'loss':<20}{'N':>6}{'floor ms':>10}{'ours ms':>10}{'pml ms':>10}{'ours/floor':>12}{'ours/pml':>10}")
     for r in rows:

@@ -26,26 +26,35 @@ def median_seconds(fn: Callable[[], object], repeats: int, budget_s: float = 10.
     return statistics.median(times)
 
 
-def paired_medians(
-    fn: Callable[[], object], baseline: Callable[[], object], repeats: int, budget_s: float = 10.0
-) -> tuple[float, float, float]:
-    """(median time of ``fn``, median time of ``baseline``, median of the per-repeat ratios).
-
-    The two are timed back to back in each repeat, so a slow spell of a shared machine hits
-    both and the ratio stays put where separate medians would drift apart.
-    """
-    fn_times, base_times, ratios = [], [], []
-    fn(), baseline()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        baseline()
-        t1 = time.perf_counter()
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 10.0
+) -> dict[str, list[float]]:
+    """Wall times of each callable, all called in turn within each repeat after one warm-up call
+    each, so that a slow spell of a shared machine hits all of them alike and their per-repeat
+    ratios stay put. A callable whose warm-up alone exceeds ``budget_s`` keeps that one time and
+    sits out the repeats; the repeats stop early once they have taken ``budget_s``."""
+    times: dict[str, list[float]] = {}
+    for name, fn in fns.items():
+        started = time.perf_counter()
         fn()
-        t2 = time.perf_counter()
-        base_times.append(t1 - t0)
-        fn_times.append(t2 - t1)
-        ratios.append((t2 - t1) / max(t1 - t0, 1e-12))
+        times[name] = [time.perf_counter() - started]
+    repeated = [name for name in fns if times[name][0] <= budget_s]
+    for name in repeated:
+        times[name] = []
+    started = time.perf_counter()
+    for _ in range(repeats if repeated else 0):
+        for name in repeated:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
         if time.perf_counter() - started > budget_s:
             break
-    return statistics.median(fn_times), statistics.median(base_times), statistics.median(ratios)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median of the per-repeat ratios when both were repeated together, else of the medians."""
+    a, b = times[numerator], times[denominator]
+    if len(a) == len(b):
+        return statistics.median(x / max(y, 1e-12) for x, y in zip(a, b, strict=True))
+    return statistics.median(a) / max(statistics.median(b), 1e-12)
