@@ -41,7 +41,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import EXP_FLOOR, NEG, factor, is_whole, label_masks, masked_logsumexp, prepare, similarities
+from dml_dist.losses.pairs import (
+    EXP_FLOOR,
+    factor,
+    is_whole,
+    label_masks,
+    masked_logsumexp,
+    neg_outside,
+    prepare,
+    similarities,
+)
 
 PAIR_LOSSES = ("margin", "binomial", "contrastive")
 
@@ -102,12 +111,12 @@ def _top_k_weights(loss_BN: Tensor, mask_BN: Tensor, all_loss: Tensor, all_mask:
     k = min(k, int(all_mask.sum()))
     if k == 0:
         return torch.zeros_like(loss_BN), 0
-    candidates = all_loss + (factor(all_mask, all_loss) - 1) * -NEG
+    candidates = neg_outside(all_loss, all_mask)
     kth = candidates.flatten().topk(k).values[-1]
     above, tied = candidates > kth, candidates == kth
     tie_weight = (k - int(torch.count_nonzero(above))) / int(torch.count_nonzero(tied))
     if loss_BN.shape != all_loss.shape:  # a share of the batch: classify the local terms
-        local = loss_BN + (factor(mask_BN, loss_BN) - 1) * -NEG
+        local = neg_outside(loss_BN, mask_BN)
         above, tied = local > kth, local == kth
     return factor(above, loss_BN).add_(factor(tied, loss_BN), alpha=tie_weight), k
 

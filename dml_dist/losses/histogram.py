@@ -71,7 +71,7 @@ class HistogramLoss(MetricLoss):
     @torch.no_grad()
     def _density(self, left: Tensor, right_w: Tensor, mask: Tensor, count: int) -> Tensor:
         """[n_bins + 1] density of the masked similarities, each spread over its two nodes."""
-        mass = mask.to(right_w.dtype)
+        mass = factor(mask, right_w)
         right_mass = right_w * mass
         density = right_w.new_zeros(self.n_bins + 1)
         density.scatter_add_(0, left.flatten(), (mass - right_mass).flatten())

@@ -31,14 +31,19 @@ def factor(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(like.dtype)
 
 
+def neg_outside(x_BN: torch.Tensor, mask_BN: torch.Tensor) -> torch.Tensor:
+    """x on the mask, about NEG (a finite minus infinity) outside it; x must be finite."""
+    return x_BN + (factor(mask_BN, x_BN) - 1) * -NEG
+
+
 def masked_max(x_BN: torch.Tensor, mask_BN: torch.Tensor) -> torch.Tensor:
     """[B, 1] row maximum over the mask; about NEG for a row with no valid entry."""
-    return (x_BN + (factor(mask_BN, x_BN) - 1) * -NEG).amax(dim=1, keepdim=True)
+    return neg_outside(x_BN, mask_BN).amax(dim=1, keepdim=True)
 
 
 def masked_min(x_BN: torch.Tensor, mask_BN: torch.Tensor) -> torch.Tensor:
     """[B, 1] row minimum over the mask; about -NEG for a row with no valid entry."""
-    return (x_BN - (factor(mask_BN, x_BN) - 1) * -NEG).amin(dim=1, keepdim=True)
+    return -masked_max(-x_BN, mask_BN)
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
