@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", help="reproduce: comma-separated groups (losses,n,omniglot); default all")
     bench.add_argument("--out", default="docs/results", help="reproduce: where results.md and the plots go")
     bench.add_argument("--steps", type=int, help="reproduce: steps of every run (default: the scale's)")
-    bench.add_argument("--n", type=int, help="reproduce: N of the procedural loss comparison (default 320)")
+    bench.add_argument("--n", type=int, help="reproduce: N of the procedural loss comparison (default 128)")
     bench.add_argument("--n-sweep", help="reproduce: the N of the sweep, comma-separated (default 64,...,1000)")
     bench.set_defaults(func=cmd_bench)
 
