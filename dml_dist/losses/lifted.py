@@ -29,6 +29,7 @@ from dml_dist.losses.pairs import (
     label_masks,
     masked_logsumexp,
     num_ordered_pairs,
+    positive_index,
     prepare,
     squared_distances,
 )
@@ -62,6 +63,7 @@ class LiftedStructureLoss(MetricLoss):
             rows = torch.nonzero(pos_BN.any(dim=0)).squeeze(1)
             lse_rows = self._neg_lse(r_ND[rows], ref_labels_N[rows], r_ND, ref_labels_N)
             lse_N = lse_B.new_zeros(ref_ND.shape[0]).index_put((rows,), lse_rows)
-        rows, cols = pos_BN.nonzero(as_tuple=True)
-        j_P = torch.logaddexp(lse_B[rows], lse_N[cols]) + dist_BN[rows, cols]
-        return torch.relu(j_P).pow(2).sum() / 2 / max(num_ordered_pairs(ref_labels_N)[0], 1)
+        index_BP, valid_BP = positive_index(labels_B, ref_labels_N, ref_start)
+        j_BP = torch.logaddexp(lse_B[:, None], lse_N[index_BP]) + dist_BN.gather(1, index_BP)
+        terms = (torch.relu(j_BP).pow(2) * valid_BP).sum() / 2
+        return terms / max(num_ordered_pairs(ref_labels_N)[0], 1)

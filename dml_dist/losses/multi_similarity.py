@@ -18,8 +18,8 @@ the official code (MalongTech/research-ms-loss) skips such anchors: ``skip_one_s
 reproduces that (its configs also use beta = 40 rather than 50). m is the global batch size.
 
 Computation: mining is a per-row min/max, the loss two masked log-sum-exps per row: B x N x D.
-The positives (K - 1 per anchor) are gathered by label into B x (K) slots, so only the negative
-side touches the whole B x N matrix.
+The positives (K - 1 per anchor) are gathered by label into B x (K - 1) slots
+(``positive_index``), so only the negative side touches the whole B x N matrix.
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ class MultiSimilarityLoss(MetricLoss):
         neg_BN = labels_B[:, None] != ref_labels_N[None, :]
         if self.mining:
             with torch.no_grad():
-                min_pos_B1 = masked_min(pos_sim_BP.detach(), pos_BP)
-                max_neg_B1 = masked_max(sim_BN.detach(), neg_BN)
-                pos_BP = pos_BP & (pos_sim_BP.detach() - self.epsilon < max_neg_B1)
-                neg_BN = neg_BN & (sim_BN.detach() + self.epsilon > min_pos_B1)
+                pos_sim, sim = pos_sim_BP.detach(), sim_BN.detach()
+                min_pos_B1, max_neg_B1 = masked_min(pos_sim, pos_BP), masked_max(sim, neg_BN)
+                pos_BP = pos_BP & (pos_sim - self.epsilon < max_neg_B1)
+                neg_BN = neg_BN & (sim + self.epsilon > min_pos_B1)
         pos_term_B = F.softplus(masked_logsumexp(-self.alpha * (pos_sim_BP - self.base), pos_BP)) / self.alpha
         neg_term_B = F.softplus(masked_logsumexp(self.beta * (sim_BN - self.base), neg_BN)) / self.beta
         terms_B = pos_term_B + neg_term_B

@@ -79,12 +79,9 @@ class NPairMCLoss(MetricLoss):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits [A, P] of local anchors vs all positives, targets [A], anchor rows, positive rows)."""
         anchor_rows_P, positive_rows_P = first_two_rows_per_label(ref_labels_N)
-        if emb_BD.shape[0] == ref_ND.shape[0]:  # one process: every anchor is local
-            targets_A = torch.arange(anchor_rows_P.numel(), device=anchor_rows_P.device)
-        else:
-            local_end = ref_start + emb_BD.shape[0]
-            is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
-            targets_A = torch.nonzero(is_local_P).squeeze(1)
+        local_end = ref_start + emb_BD.shape[0]
+        is_local_P = (anchor_rows_P >= ref_start) & (anchor_rows_P < local_end)
+        targets_A = torch.nonzero(is_local_P).squeeze(1)
         # index_select: its backward (index_add) is about 3x faster than advanced indexing's.
         anchors_AD = _at_least_fp32(emb_BD.index_select(0, anchor_rows_P[targets_A] - ref_start))
         positives_PD = _at_least_fp32(ref_ND.index_select(0, positive_rows_P))
@@ -126,8 +123,7 @@ class NPairMCLoss(MetricLoss):
     ) -> torch.Tensor:
         """Sum of |f|^2 over this rank's rows that are an anchor or a positive of some pair."""
         rows = torch.cat([anchor_rows_P, positive_rows_P]) - ref_start
-        if ref_start > 0 or rows.numel() == 0 or int(rows.max()) >= emb_BD.shape[0]:
-            rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
+        rows = rows[(rows >= 0) & (rows < emb_BD.shape[0])]
         return _at_least_fp32(emb_BD.index_select(0, rows)).pow(2).sum()
 
 
