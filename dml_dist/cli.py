@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,8 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model on a Ray cluster (local by default)")
     train.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
-    train.add_argument("--run-dir", default=None, help="run directory (default runs/<config name>)")
-    train.add_argument("--address", default=None, help="Ray cluster address to join (default: start a local one)")
+    train.add_argument(
+        "--run-dir", default=None, help="run directory (default STORAGE/runs/<config name>, or runs/<config name>)"
+    )
+    train.add_argument(
+        "--storage",
+        default=None,
+        help="directory every node mounts (train.storage; env DML_DIST_STORAGE): runs and generated data go there",
+    )
+    train.add_argument(
+        "--address", default=None, help="Ray cluster address to join (default: RAY_ADDRESS, else a local instance)"
+    )
     train.add_argument("--workers", type=int, help="Ray Train workers (train.workers)")
     train.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     train.add_argument("--seed", type=int, help="seed (train.seed)")
@@ -101,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("config", help="experiment YAML inside --working-dir")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     submit.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: .)")
-    submit.add_argument("--run-dir", default=None, help="run directory on the cluster (default runs/<config name>)")
+    submit.add_argument(
+        "--run-dir", default=None, help="run directory on the cluster (default STORAGE/runs/<config name>)"
+    )
+    submit.add_argument(
+        "--storage", default=None, help="directory every cluster node mounts (train.storage); env DML_DIST_STORAGE"
+    )
     submit.add_argument("--workers", type=int, help="Ray Train workers (train.workers)")
     submit.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     submit.add_argument("--pip", action="append", default=[], help="extra pip package for the job's environment")
@@ -122,6 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dml_dist.config.loader import load_config
     from dml_dist.eval.retrieval import format_recall_table
     from dml_dist.train.launcher import run_training
+    from dml_dist.train.storage import place_data, resolve_run_dir, resolve_storage
 
     overrides = list(args.set)
     for flag, key in (
@@ -135,13 +151,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     config = load_config(args.config, overrides)
-    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    storage = resolve_storage(args.storage, config)
+    if storage is not None:
+        config.train.storage = str(storage)
+        place_data(config.data, storage)
+    run_dir = resolve_run_dir(args.run_dir, Path(args.config).stem, storage)
     result = run_training(config, run_dir, address=args.address, resume=args.resume)
     recall = {int(k): v for k, v in result["recall"].items()}
     untrained = {int(k): v for k, v in result["untrained_recall"].items()}
     print(f"\nheld-out retrieval ({result['num_queries']} images of {result['num_classes']} unseen classes):")
     print(format_recall_table({"untrained": untrained, f"step {result['step']}": recall}))
-    print(f"train time {result['train_seconds']:.0f} s; run directory {run_dir.resolve()}")
+    for where in result.get("placement", []):
+        print(f"rank {where['rank']}: node {where['node_id'][:12]} ({where['host']}, pid {where['pid']})")
+    print(f"train time {result['train_seconds']:.0f} s; run directory {run_dir}")
     return 0
 
 
@@ -267,12 +289,14 @@ def run_bench_suite(args: argparse.Namespace) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from dml_dist import jobs
+    from dml_dist.train.storage import STORAGE_ENV
 
-    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    storage = args.storage or os.environ.get(STORAGE_ENV)
     job_id = jobs.submit(
-        args.config, args.address, args.working_dir, run_dir, args.set, args.workers, args.steps, args.pip
+        args.config, args.address, args.working_dir, args.run_dir, args.set, args.workers, args.steps, args.pip, storage
     )
-    print(f"submitted job {job_id}; dashboard {args.address}; run directory {run_dir} (on the cluster)")
+    where = args.run_dir or f"{storage or '<job working directory>'}/runs/{Path(args.config).stem}"
+    print(f"submitted job {job_id}; dashboard {args.address}; run directory {where} (on the cluster)")
     if args.no_wait:
         return 0
     status = jobs.follow(args.address, job_id)

@@ -54,9 +54,18 @@ def client(address: str) -> Any:
 
 
 def build_entrypoint(
-    config_rel: str, run_dir: str, overrides: list[str], workers: int | None, steps: int | None
+    config_rel: str,
+    run_dir: str | None,
+    overrides: list[str],
+    workers: int | None,
+    steps: int | None,
+    storage: str | None = None,
 ) -> str:
-    args = ["python", "-m", "dml_dist", "train", config_rel, "--address", "auto", "--run-dir", run_dir]
+    args = ["python", "-m", "dml_dist", "train", config_rel, "--address", "auto"]
+    if run_dir is not None:
+        args += ["--run-dir", run_dir]
+    if storage is not None:
+        args += ["--storage", storage]
     if workers is not None:
         args += ["--workers", str(workers)]
     if steps is not None:
@@ -70,11 +79,12 @@ def submit(
     config: str,
     address: str,
     working_dir: str,
-    run_dir: str,
+    run_dir: str | None,
     overrides: list[str],
     workers: int | None = None,
     steps: int | None = None,
     pip: list[str] | None = None,
+    storage: str | None = None,
 ) -> str:
     """Submit a training job; returns its id. The config must lie inside ``working_dir``."""
     root = Path(working_dir).resolve()
@@ -90,7 +100,7 @@ def submit(
     runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": EXCLUDES}
     if pip:
         runtime_env["pip"] = pip
-    entrypoint = build_entrypoint(str(config_path.relative_to(root)), run_dir, overrides, workers, steps)
+    entrypoint = build_entrypoint(str(config_path.relative_to(root)), run_dir, overrides, workers, steps, storage)
     jobs = client(address)
     for attempt in range(30):  # a head that has just started may not have its job agent yet
         try:

@@ -200,6 +200,13 @@ class TrainConfig:
     """Times Ray Train restarts a failed worker group from the latest checkpoint before giving up."""
     max_nonfinite_steps: int = 5
     """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+    storage: str | None = None
+    """Directory every node mounts (NFS, EFS, a ReadWriteMany volume): the run directory defaults to
+    ``STORAGE/runs/NAME`` and generated data to ``STORAGE/data``; ``--storage`` and the
+    ``DML_DIST_STORAGE`` environment variable set it too. null = the driver's working directory."""
+    placement: str = "PACK"
+    """Ray placement of the workers: ``PACK`` (fill a node first), ``SPREAD`` (spread when
+    possible) or ``STRICT_SPREAD`` (one worker per node)."""
 
 
 @dataclass
@@ -245,17 +252,10 @@ class EvalConfig:
 
 @dataclass
 class MetricsConfig:
-    """Prometheus metrics served by every worker."""
+    """Training metrics, exported through each node's Ray metrics agent (``observability/metrics.py``)."""
 
     enabled: bool = True
-    """Serve metrics over HTTP; false = a null sink."""
-    host: str = "127.0.0.1"
-    """Address the metrics endpoints bind to."""
-    port: int = 0
-    """Port of rank 0; rank r uses port + r. 0 = any free port."""
-    targets_dir: str | None = "/tmp/dml-dist/prometheus-targets"
-    """Each worker writes its endpoint here as a Prometheus file_sd target (removed at exit);
-    ``cluster/prometheus/prometheus.yml`` discovers workers from this directory. null = none."""
+    """Record metrics with ``ray.util.metrics``; false = a null sink."""
 
 
 @dataclass
@@ -278,6 +278,8 @@ class ExperimentConfig:
         _at_least("batch.images_per_class", self.batch.images_per_class, 2)
         _positive("train.steps", self.train.steps)
         _positive("train.workers", self.train.workers)
+        if self.train.placement not in PLACEMENTS:
+            raise ValueError(f"train.placement: expected one of {', '.join(PLACEMENTS)}, got {self.train.placement!r}")
         _positive("model.embedding_dim", self.model.embedding_dim)
         _positive("eval.batch_size", self.eval.batch_size)
         _positive("data.samples_per_shard", self.data.samples_per_shard)
@@ -348,6 +350,9 @@ class ExperimentConfig:
                 "data.mode: streaming trains on the classes the stream fills first, so the mining service "
                 "cannot choose them; set mining.enabled: false (or data.mode: indexed)"
             )
+
+
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
 
 
 def _positive(name: str, value: int) -> None:

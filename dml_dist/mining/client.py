@@ -13,6 +13,7 @@ object used when mining is off, so the training loop has no ``if mining:`` branc
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,13 @@ class RandomClasses:
     def save_bank(self, path: str) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """The service's state for a checkpoint (None: random classes have no state)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 class MiningClient(RandomClasses):
     """Rank 0's handle on the mining actor, with a bounded wait and a random fallback."""
@@ -48,8 +56,11 @@ class MiningClient(RandomClasses):
         self.actor = actor
         self.timeout_s = timeout_s
         self.pending: dict[int, Any] = {}
+        self.resolved: dict[int, dict[str, Any]] = {}  # answers taken at a checkpoint, or restored
 
     def request(self, step: int) -> None:
+        if step in self.resolved:
+            return
         try:
             self.pending[step] = self.actor.next_classes.remote(step, self.n)
         except Exception:  # a dead actor handle raises on submit; the step falls back
@@ -58,6 +69,8 @@ class MiningClient(RandomClasses):
     def classes_for(self, step: int) -> dict[str, Any]:
         import ray
 
+        if step in self.resolved:
+            return self.resolved.pop(step)
         ref = self.pending.pop(step, None)
         reason = "unavailable"  # no request could be sent
         if ref is not None:
@@ -81,7 +94,39 @@ class MiningClient(RandomClasses):
         with contextlib.suppress(Exception):
             self.actor.publish.remote(step, class_ids, emb_CD)
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """The service's state and the answer for the next step, for a checkpoint taken after
+        ``step`` steps.
+
+        The answer for step t is computed before step t - 1's publish reaches the service
+        (requests go out one step ahead), so a service restored from this state, which holds that
+        publish, would answer step t differently. The answer is therefore resolved now and saved:
+        a resumed run uses it for its first step and asks the service from the next one on.
+        """
+        import ray
+
+        next_step = max(self.pending, default=None)
+        answer = self.classes_for(next_step) if next_step is not None else None
+        if next_step is not None and answer is not None:
+            self.resolved[next_step] = answer
+        service: dict[str, Any] = ray.get(self.actor.state_dict.remote(), timeout=120)
+        return {"service": service, "next_answer": json.dumps({"step": next_step, "answer": answer}, default=_plain)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put a checkpoint's service state back, and its saved answer for the next step."""
+        import ray
+
+        ray.get(self.actor.load_state_dict.remote(state["service"]), timeout=120)
+        saved = json.loads(state["next_answer"])
+        if saved["step"] is not None and saved["answer"] is not None:
+            self.resolved[int(saved["step"])] = saved["answer"]
+
     def save_bank(self, path: str) -> None:
         """Ask the service to save its bank to ``path`` (fire and forget; a restart restores it)."""
         with contextlib.suppress(Exception):
             self.actor.save.remote(path)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in an answer, as JSON numbers and lists."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)

@@ -1,32 +1,40 @@
 """Checkpoints that a reader never accepts half-written, and that load without unpickling code.
 
-Layout: ``RUN_DIR/checkpoints/step-NNNNNN/`` holds DeepSpeed's files for every rank (model,
-optimizer partitions, our ``client_state``) and, written last by rank 0 after every rank has
-saved, ``complete.json``: the step and the size and SHA-256 of every file. A checkpoint
-without that manifest, or whose files do not match it (truncated, corrupted, deleted), is
+Checkpoints go through Ray Train. At a checkpoint step every rank saves its DeepSpeed files
+(model, its optimizer partition, our ``client_state``) into node-local scratch, rank 0 adds the
+mining service's state (``mining_state.npz``), every rank hashes its files, and rank 0 writes
+``complete.json``: the step and the size and SHA-256 of every file of every rank. Each rank
+then hands its directory to ``ray.train.report(..., checkpoint=...)``, which merges them into
+one directory of the run's storage, ``RUN_DIR/checkpoints/step-NNNNNN/``, and keeps the newest
+``train.keep_checkpoints`` (Ray's ``CheckpointConfig``). So engine state of every rank and the
+mining bank of the same step sit in one sealed directory: a resume never pairs them across steps.
+
+On a restart, ``ray.train.get_checkpoint()`` names the latest reported checkpoint; a checkpoint
+without the manifest, or whose files do not match it (truncated, corrupted, deleted), is
 skipped by ``latest_good`` with a message naming the problem, and the previous good one is used.
-``keep`` bounds how many complete checkpoints are retained.
 
 Loading goes through ``SafeCheckpointEngine``: ``torch.load(weights_only=True)`` with an
 explicit allowlist of the few DeepSpeed classes its files contain, instead of DeepSpeed's
 default ``weights_only=False`` (which would run arbitrary pickled code from a tampered file).
+The mining state is a plain ``.npz`` read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dml_dist.dist import collectives
 
 MANIFEST = "complete.json"
+MINING_STATE = "mining_state.npz"
 PREFIX = "step-"
 
 
@@ -54,9 +62,14 @@ def _files(directory: Path) -> dict[str, Path]:
     }
 
 
-def write_manifest(directory: Path, step: int) -> None:
-    """Record every file of a finished checkpoint; written atomically, last."""
-    files = {name: {"size": p.stat().st_size, "sha256": _sha256(p)} for name, p in _files(directory).items()}
+def file_hashes(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``directory`` (the manifest excluded)."""
+    return {name: {"size": p.stat().st_size, "sha256": _sha256(p)} for name, p in _files(directory).items()}
+
+
+def write_manifest(directory: Path, step: int, files: dict[str, dict[str, Any]] | None = None) -> None:
+    """Record every file of a finished checkpoint (``files``: of every rank); written atomically, last."""
+    files = file_hashes(directory) if files is None else files
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
     tmp.replace(directory / MANIFEST)
@@ -99,23 +112,55 @@ def has_checkpoints(checkpoint_dir: Path) -> bool:
     return checkpoint_dir.is_dir() and any(p.name.startswith(PREFIX) for p in checkpoint_dir.iterdir())
 
 
-def save(engine: Any, checkpoint_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> None:
-    """Save on every rank; rank 0 seals it with the manifest and prunes old checkpoints."""
+def save_local(engine: Any, scratch: Path, step: int, client_state: dict[str, Any], mining: Any) -> Path:
+    """Write this rank's share of the step's checkpoint to ``scratch/step-NNNNNN`` and seal it.
+
+    Every rank calls this (it holds collectives): each saves its DeepSpeed files, rank 0 also the
+    mining state (``mining``: a dict, or None when mining is off), and rank 0 writes the manifest of
+    every rank's files. Returns the directory to report to Ray Train.
+    """
     tag = tag_for(step)
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
-    collectives.barrier()
+    engine.save_checkpoint(str(scratch), tag=tag, client_state=client_state, save_latest=False)
+    directory = scratch / tag
+    if collectives.rank() == 0 and mining is not None:
+        save_state_npz(directory / MINING_STATE, mining)
+    every_rank = collectives.all_gather_object(file_hashes(directory))
     if collectives.rank() == 0:
-        write_manifest(checkpoint_dir / tag, step)
-        _prune(checkpoint_dir, keep)
-    collectives.barrier()
+        files: dict[str, dict[str, Any]] = {}
+        for share in every_rank:
+            files.update(share)
+        write_manifest(directory, step, files)
+    return directory
 
 
-def _prune(checkpoint_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    complete = sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
-    for old in complete[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def save_state_npz(path: Path, state: dict[str, Any]) -> None:
+    """A nested dict of arrays and scalars as one ``.npz`` (keys joined with ``/``; no pickles)."""
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = np.asarray(value)
+
+    walk("", state)
+    with path.open("wb") as handle:
+        np.savez(handle, **flat)  # type: ignore[arg-type]
+
+
+def load_state_npz(path: Path) -> dict[str, Any]:
+    """The nested dict ``save_state_npz`` wrote (0-d arrays back as Python scalars)."""
+    state: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            value = data[key]
+            *parents, leaf = key.split("/")
+            node = state
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value.item() if value.ndim == 0 else value
+    return state
 
 
 def load(engine: Any, checkpoint_dir: Path, good: GoodCheckpoint) -> dict[str, Any]:

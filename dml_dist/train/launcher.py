@@ -1,14 +1,17 @@
 """The driver side of ``dml-dist train``: data, run directory, Ray, mining actor, TorchTrainer.
 
-The driver resolves the data (writing the procedural set once), checks the batch against the
-data set, writes ``config.yaml``, starts or joins Ray, starts the job's mining actor and runs
-Ray Train's ``TorchTrainer`` with one worker per CPU slot (gloo) or per GPU (NCCL).
+The driver resolves the data (writing the procedural set once, into the storage when there is
+one), checks the batch against the data set, writes ``config.yaml``, starts or joins Ray
+(``--address``, else ``RAY_ADDRESS``, else a local instance), checks that every node sees the
+run directory and the shards (``storage.py``), starts the job's mining actor and runs Ray
+Train's ``TorchTrainer`` with one worker per CPU slot (gloo) or per GPU (NCCL). Ray Train's
+storage is the run directory, so checkpoints land in ``RUN_DIR/checkpoints``; the final
+figures come back in the trainer's ``Result``, not from a file on the driver's disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import uuid
@@ -22,10 +25,10 @@ from dml_dist.data.loader import build_loader
 from dml_dist.losses import build_loss
 from dml_dist.mining.service import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
-from dml_dist.observability.plots import write_training_curves
 from dml_dist.train import checkpoint, run_files
 from dml_dist.train.errors import TrainingStopped
 from dml_dist.train.loop import NONFINITE_MARK, WorkerPlan, train_loop_per_worker
+from dml_dist.train.storage import SharedPath, check_nodes_see
 
 
 def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
@@ -36,30 +39,33 @@ def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
         )
 
 
-def init_ray(address: str | None, workers: int) -> None:
-    """Join the cluster at ``address``, or start a local Ray instance with room for the workers."""
+def init_ray(address: str | None, cpus: int) -> None:
+    """Join the cluster at ``address`` (else ``RAY_ADDRESS``), or start a local Ray instance with
+    room for the workers."""
     import ray
 
     # Ray Train V2 tees worker prints into its logger, which shows every line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         # The dashboard (on 127.0.0.1) also serves the State API that Ray Train polls.
-        ray.init(address="local", num_cpus=max(workers, 2), dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(address="local", num_cpus=max(cpus, 2), dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def run_training(
     config: ExperimentConfig, run_dir: Path, address: str | None = None, resume: bool = False
 ) -> dict[str, Any]:
-    """Train as configured; returns the final ``eval.json`` contents.
+    """Train as configured; returns the final figures (held-out Recall@K now and untrained,
+    placement of the workers, mean samples/s, train time) from the trainer's ``Result``.
 
     ``resume`` continues the run in ``run_dir`` from its latest intact checkpoint; without it a
     run directory that already holds checkpoints is refused, so nothing written is overwritten.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
@@ -80,7 +86,8 @@ def run_training(
     if not resume:
         (run_dir / run_files.METRICS).unlink(missing_ok=True)
     save_config(config, run_dir / run_files.CONFIG)
-    init_ray(address, config.train.workers)
+    init_ray(address, int(config.train.workers * _worker_resources(config)["CPU"]))
+    check_nodes_see(_shared_paths(run_dir, paths.train, paths.eval))
     job_name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
     actor = None
     if config.mining.enabled:
@@ -102,6 +109,7 @@ def run_training(
         run_dir=str(run_dir),
         job_name=job_name,
         mining_actor=actor,
+        resume=resume,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -110,11 +118,13 @@ def run_training(
             num_workers=config.train.workers,
             use_gpu=config.train.use_gpu,
             resources_per_worker=_worker_resources(config),
+            placement_strategy=config.train.placement,
         ),
         run_config=RunConfig(
-            name=job_name,
-            storage_path=str(run_dir / "ray"),
+            name=run_files.CHECKPOINTS,  # Ray Train's run directory: RUN_DIR/checkpoints/step-NNNNNN
+            storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
         ),
     )
     print(
@@ -124,7 +134,7 @@ def run_training(
     )
     started = time.perf_counter()
     try:
-        trainer.fit()
+        fitted = trainer.fit()
     except Exception as err:
         _finish_mining(actor)
         if NONFINITE_MARK in str(err):
@@ -132,13 +142,21 @@ def run_training(
             raise TrainingStopped(reason) from err
         raise
     mining_stats = _finish_mining(actor)
-    result: dict[str, Any] = json.loads((run_dir / run_files.EVAL).read_text())
+    result: dict[str, Any] = dict(fitted.metrics or {})
     if mining_stats:
         result["mining"] = mining_stats
         run_files.write_json_atomic(run_dir / "mining.json", mining_stats)
     result["train_seconds"] = time.perf_counter() - started
-    result["curves"] = str(write_training_curves(run_dir))
     return result
+
+
+def _shared_paths(run_dir: Path, train: Path | str, evaluation: Path) -> list[SharedPath]:
+    """What every node must see: the run directory (read and write) and the local shard directories."""
+    paths = [SharedPath("--run-dir", str(run_dir), writable=True)]
+    if isinstance(train, Path):
+        paths.append(SharedPath("data.train_shards", str(train / "manifest.json"), writable=False))
+    paths.append(SharedPath("data.eval_shards", str(evaluation / "manifest.json"), writable=False))
+    return paths
 
 
 def _usable_classes(config: ExperimentConfig, train_shards: Path | str) -> int:
@@ -172,4 +190,6 @@ def _finish_mining(actor: Any) -> dict[str, Any] | None:
 
 
 def _worker_resources(config: ExperimentConfig) -> dict[str, float]:
-    return {"GPU": 1.0, "CPU": 1.0} if config.train.use_gpu else {"CPU": 1.0}
+    """One CPU for the training process plus one per DataLoader worker (and a GPU on GPU runs)."""
+    cpus = 1.0 + config.data.loader_workers
+    return {"GPU": 1.0, "CPU": cpus} if config.train.use_gpu else {"CPU": cpus}

@@ -5,7 +5,15 @@ One step (``../shared/DESIGN.md``): rank 0 takes the step's N classes from the m
 shards by index, embeds them, all-gathers the embeddings with gradient, computes its anchors'
 share of the loss against the global batch, and steps the DeepSpeed engine (the gradient rule
 is in ``dist/collectives.py``). Rank 0 then publishes the batch's class embeddings to the
-mining service, logs, and evaluates every ``eval_every`` steps; every rank checkpoints.
+mining service, logs, and evaluates every ``eval_every`` steps.
+
+Every ``log_every`` steps (and at checkpoint steps) all ranks call ``ray.train.report``: the
+metrics (loss, samples/s, the last held-out Recall@K) reach the Ray dashboard's Train view and
+the driver's ``Result``, and at checkpoint steps each rank's share of the checkpoint goes to the
+run's storage through Ray Train (``checkpoint.py``). ``report`` is a barrier, so every rank
+calls it at the same steps. The run's files (``metrics.jsonl``, ``eval.json``, ``embedder.pt``,
+``curves.png``, ``gallery.png``) are written by rank 0 into the run directory, which is on the
+storage every node mounts; scratch for a checkpoint is a node-local temporary directory.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +42,14 @@ from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.losses import build_loss
 from dml_dist.mining.client import MiningClient, RandomClasses
 from dml_dist.mining.refresh import refresh_stale_classes
-from dml_dist.mining.service import BANK_FILE
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
-from dml_dist.observability.metrics import NullMetrics, PrometheusMetrics
+from dml_dist.observability.metrics import NullMetrics, RayMetrics
+from dml_dist.observability.plots import write_training_curves
 from dml_dist.train import checkpoint, run_files
 from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.step import optimizer_step
+from dml_dist.train.storage import node_info
 
 NONFINITE_MARK = "non-finite loss:"
 
@@ -58,6 +68,7 @@ class WorkerPlan:
     run_dir: str
     job_name: str
     mining_actor: Any = None
+    resume: bool = False
 
 
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
@@ -102,23 +113,45 @@ class Trainer:
         self.classes = self._class_source()
         self.metrics = self._metrics_sink()
         self.eval_history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, Any] = {}
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
+        self.samples_done = 0
+        self.seconds_done = 0.0
+        self.placement = self._announce_placement()
         self.start_step = self._resume()
 
-    def _resume(self) -> int:
-        """Restore the latest intact checkpoint of this run directory, if any; returns its step.
+    def _announce_placement(self) -> list[dict[str, Any]]:
+        """Every rank's node, host and pid, in rank order (printed by each rank, reported by rank 0)."""
+        here = {"rank": self.rank, **node_info()}
+        print(f"[rank {self.rank}] node {here['node_id'][:12]} host {here['host']} pid {here['pid']}", flush=True)
+        return collectives.all_gather_object(here)
 
-        Ray Train calls the loop again after a worker failure, and ``dml-dist train --resume``
-        starts it on a run directory with checkpoints: both continue from here.
+    def _resume(self) -> int:
+        """Restore the checkpoint Ray Train hands back, if any; returns its step.
+
+        ``ray.train.get_checkpoint()`` names the latest reported checkpoint after Ray Train
+        restarts a failed worker group, and after ``dml-dist train --resume`` (same run directory,
+        so the same Ray Train storage and run name). If that checkpoint does not verify, the
+        newest intact one beside it is used. The mining service gets the bank of the same step.
         """
-        checkpoints = self.run_dir / run_files.CHECKPOINTS
+        import ray.train
+
+        reported = ray.train.get_checkpoint()
+        if reported is None and not self.plan.resume:
+            return 0
+        checkpoints = Path(reported.path).parent if reported is not None else self.run_dir / run_files.CHECKPOINTS
         good = checkpoint.latest_good(checkpoints)
         if good is None:
+            if self.plan.resume or reported is not None:
+                raise RuntimeError(f"no intact checkpoint to resume from in {checkpoints}")
             return 0
         state = checkpoint.load(self.engine, checkpoints, good)
         step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        mining_file = checkpoints / good.tag / checkpoint.MINING_STATE
+        if self.rank == 0 and mining_file.is_file():
+            self.classes.load_state_dict(checkpoint.load_state_npz(mining_file))
         if self.rank == 0:
             print(f"resuming from {checkpoints / good.tag} at step {step}", flush=True)
             run_files.append_jsonl(self.run_dir / "resumes.jsonl", {"resumed_from": step, "time": time.time()})
@@ -136,16 +169,13 @@ class Trainer:
         return RandomClasses(*args)
 
     def _metrics_sink(self) -> NullMetrics:
-        settings = self.config.metrics
-        if not settings.enabled:
+        if not self.config.metrics.enabled:
             return NullMetrics()
-        port = settings.port + self.rank if settings.port else 0
-        sink = PrometheusMetrics(self.plan.job_name, self.rank, settings.host, port, settings.targets_dir)
-        print(f"[rank {self.rank}] metrics: {sink.address}", flush=True)
-        return sink
+        return RayMetrics(self.plan.job_name, self.rank)
 
     def run(self) -> None:
-        steps = self.config.train.steps
+        train = self.config.train
+        steps = train.steps
         if self.rank == 0 and not self.eval_history:
             self.evaluate(step=0)
         self.classes.request(self.start_step)
@@ -153,23 +183,28 @@ class Trainer:
             row = self.train_step(step)
             self._count_nonfinite(step, row)
             done = step + 1
-            if self.rank == 0 and (done % self.config.train.log_every == 0 or done == steps):
+            last = done == steps
+            should_log = _due(done, train.log_every) or last
+            should_checkpoint = _due(done, train.checkpoint_every) or last
+            if self.rank == 0 and should_log:
                 run_files.append_jsonl(self.run_dir / run_files.METRICS, row)
                 print(
                     f"step {done}/{steps}  loss {row['loss']:.4f}  {row['samples_per_second']:.0f} samples/s  "
                     f"{row['step_seconds']:.3f} s/step  mined={row['mined']}",
                     flush=True,
                 )
-            if self.rank == 0 and (_due(done, self.config.train.eval_every) or done == steps):
+            if self.rank == 0 and (_due(done, train.eval_every) or last):
                 self.evaluate(step=done)
-            if _due(done, self.config.train.checkpoint_every) or done == steps:
-                self.save_checkpoint(done)
-        if self.rank == 0:
-            run_files.save_embedder(
-                self.run_dir / run_files.EMBEDDER, self.embedder, config_to_dict(self.config), steps
-            )
-        self.metrics.close()
-        self._report_to_ray()
+            if self.rank == 0 and last:
+                self._write_final_files()
+            if should_log or should_checkpoint:
+                self.report(done, row, with_checkpoint=should_checkpoint)
+
+    def _write_final_files(self) -> None:
+        """Weights for ``eval``/``embed`` and the curves, beside the run's other files (rank 0)."""
+        steps = self.config.train.steps
+        run_files.save_embedder(self.run_dir / run_files.EMBEDDER, self.embedder, config_to_dict(self.config), steps)
+        write_training_curves(self.run_dir)
 
     def _count_nonfinite(self, step: int, row: dict[str, Any]) -> None:
         """Skipped steps are counted; too many in a row stop the job with the step and loss."""
@@ -210,9 +245,9 @@ class Trainer:
         )
         step_seconds = time.perf_counter() - started
         global_samples = ref_ND.shape[0]
-        self.metrics.observe_step(
-            loss, global_samples / step_seconds, step_seconds, {"data": data_seconds, **result.seconds}
-        )
+        self.samples_done += global_samples
+        self.seconds_done += step_seconds
+        self.metrics.observe_step(loss, images.shape[0], step_seconds, {"data": data_seconds, **result.seconds})
         return {
             "step": step + 1,
             "loss": loss,
@@ -276,28 +311,50 @@ class Trainer:
             "metrics": held.report.as_dict(),
         }
         run_files.write_json_atomic(self.run_dir / run_files.EVAL, result)
+        self.last_eval = result
         table = format_recall_table({"untrained": {int(k): v for k, v in untrained.items()}, f"step {step}": recall})
         print(
             f"eval at step {step} ({time.perf_counter() - started:.1f} s, {labels.shape[0]} held-out images):\n{table}",
             flush=True,
         )
 
-    def save_checkpoint(self, step: int) -> None:
-        """Engine state of every rank plus our client state, sealed when complete (``checkpoint.py``).
-
-        The sampler needs no state of its own (it is a pure function of seed and step); the
-        mining bank is saved beside the checkpoints by the service.
-        """
-        self.classes.save_bank(str(self.run_dir / BANK_FILE))  # the mining bank (rank 0; a no-op elsewhere)
-        client_state = {"step": step, "seed": self.config.train.seed, "skipped_steps": self.skipped_steps}
-        checkpoint.save(
-            self.engine, self.run_dir / run_files.CHECKPOINTS, step, client_state, self.config.train.keep_checkpoints
-        )
-
-    def _report_to_ray(self) -> None:
+    def report(self, step: int, row: dict[str, Any], with_checkpoint: bool) -> None:
+        """``ray.train.report`` on every rank: metrics, and at checkpoint steps this rank's share of
+        the checkpoint (engine state, client state, rank 0: the mining state), sealed and merged
+        by Ray Train into ``RUN_DIR/checkpoints/step-NNNNNN`` (``checkpoint.py``)."""
         import ray.train
 
-        ray.train.report({"steps": self.config.train.steps, "rank": self.rank})
+        metrics = self._report_metrics(step, row)
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        client_state = {"step": step, "seed": self.config.train.seed, "skipped_steps": self.skipped_steps}
+        mining_state = self.classes.state_dict() if self.rank == 0 else None
+        with tempfile.TemporaryDirectory(prefix="dml-dist-checkpoint-") as scratch:
+            directory = checkpoint.save_local(self.engine, Path(scratch), step, client_state, mining_state)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                checkpoint_dir_name=directory.name,
+            )
+
+    def _report_metrics(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
+        """What Ray sees: the step's figures, the last evaluation, and at the end the run's summary."""
+        metrics: dict[str, Any] = {
+            "step": step,
+            "loss": row["loss"],
+            "samples_per_second": row["samples_per_second"],
+            "step_seconds": row["step_seconds"],
+            "mean_samples_per_second": self.samples_done / max(self.seconds_done, 1e-9),
+            "fallbacks": row["fallbacks"],
+        }
+        if self.last_eval:
+            metrics.update({f"recall@{k}": v for k, v in self.last_eval["recall"].items()})
+        if step == self.config.train.steps and self.last_eval:
+            summary = {k: v for k, v in self.last_eval.items() if k not in ("history", "step")}
+            metrics.update(summary, placement=self.placement, run_dir=str(self.run_dir))
+            metrics["curves"] = str(self.run_dir / "curves.png")
+        return metrics
 
 
 def _due(done: int, every: int) -> bool:

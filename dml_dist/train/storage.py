@@ -1,0 +1,135 @@
+"""Where a run lives when its workers may sit on any node: the storage, and a check that every node sees it.
+
+A run has one *storage*: a directory on a file system that every node mounts (NFS, EFS, a
+Kubernetes ReadWriteMany volume). It comes from ``--storage``, else ``train.storage``, else the
+``DML_DIST_STORAGE`` environment variable; without any, the run stays on the driver's disk as on
+one machine (``runs/NAME`` and ``data/cache`` under the working directory).
+
+With a storage ``S``:
+- the run directory defaults to ``S/runs/NAME``, and a relative ``--run-dir`` is taken inside ``S``;
+- generated data (the procedural set) goes to ``S/data`` unless ``data.cache_dir`` is set;
+- Ray Train's ``storage_path`` is the run directory, so checkpoints land in ``RUN/checkpoints``.
+
+Every file a worker reads or writes is then in ``S`` or in node-local scratch it creates itself
+(``tempfile``). ``check_nodes_see`` proves it before training: the driver writes a probe file
+with a random token, and one task pinned to each alive node reads it back and writes its own, so
+a path that one node cannot see fails in one line naming the path and the node, before any
+worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dml_dist.config.schema import DataConfig, ExperimentConfig
+
+STORAGE_ENV = "DML_DIST_STORAGE"
+PROBE_DIR = ".dml-dist-probe"
+
+
+def resolve_storage(flag: str | None, config: ExperimentConfig) -> Path | None:
+    """The run's storage directory (flag, then ``train.storage``, then ``DML_DIST_STORAGE``), or None."""
+    value = flag or config.train.storage or os.environ.get(STORAGE_ENV)
+    if not value:
+        return None
+    if "://" in value:
+        raise ValueError(
+            f"storage: {value} is a URI; give the directory where every node mounts it (for example an "
+            "NFS, EFS or ReadWriteMany volume path such as /mnt/dml-dist)"
+        )
+    return Path(value).expanduser().absolute()
+
+
+def resolve_run_dir(run_dir: str | None, config_name: str, storage: Path | None) -> Path:
+    """``--run-dir`` (inside the storage when relative), else ``STORAGE/runs/NAME`` or ``runs/NAME``."""
+    chosen = Path(run_dir) if run_dir else Path("runs") / config_name
+    if storage is not None and not chosen.is_absolute():
+        chosen = storage / chosen
+    return chosen.absolute()
+
+
+def place_data(data: DataConfig, storage: Path | None) -> None:
+    """Generated data goes to ``STORAGE/data`` when the cache directory is left at its default."""
+    if storage is not None and data.cache_dir == DataConfig().cache_dir:
+        data.cache_dir = str(storage / "data")
+
+
+@dataclass(frozen=True)
+class SharedPath:
+    """A path that every node must see: ``what`` names it in errors (a flag or a config field)."""
+
+    what: str
+    path: str
+    writable: bool
+
+
+def check_nodes_see(paths: list[SharedPath]) -> list[str]:
+    """Fail with one line if an alive Ray node cannot read (or write) one of ``paths``.
+
+    Writable paths get a probe file from the driver, which every node must read back; readable
+    paths must exist on every node. Returns the ids of the nodes checked.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    tokens: dict[str, str] = {}
+    for shared in paths:
+        if shared.writable:
+            tokens[shared.path] = _write_probe(Path(shared.path), "driver")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0)(_probe_on_node)
+    pending = {
+        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            paths, tokens, n["NodeID"]
+        )
+        for n in nodes
+    }
+    for node in nodes:
+        problem = ray.get(pending[node["NodeID"]], timeout=120)
+        if problem is not None:
+            address = node.get("NodeManagerAddress", "?")
+            raise ValueError(f"{problem} on node {node['NodeID'][:12]} ({address}); every node must mount it")
+    return [n["NodeID"] for n in nodes]
+
+
+def _write_probe(directory: Path, writer: str) -> str:
+    token = uuid.uuid4().hex
+    probe_dir = directory / PROBE_DIR
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    (probe_dir / f"{writer}-{token}").write_text(token)
+    return token
+
+
+def _probe_on_node(paths: list[SharedPath], tokens: dict[str, str], node_id: str) -> str | None:
+    """Runs on one node: None when every path is visible there, else what is wrong (one phrase)."""
+    for shared in paths:
+        path = Path(shared.path)
+        if not shared.writable:
+            if not path.exists():
+                return f"{shared.what}: {path} does not exist"
+            continue
+        probe = path / PROBE_DIR / f"driver-{tokens[shared.path]}"
+        try:
+            seen = probe.read_text()
+        except OSError:
+            return f"{shared.what}: {path} is not the driver's {path} (the driver's probe file is not there)"
+        if seen != tokens[shared.path]:
+            return f"{shared.what}: {path} holds another probe than the driver wrote"
+        try:
+            (path / PROBE_DIR / f"node-{node_id[:12]}").write_text(seen)
+        except OSError as err:
+            return f"{shared.what}: {path} is not writable ({err.strerror})"
+    return None
+
+
+def node_info() -> dict[str, Any]:
+    """Where this worker runs: Ray node id, host name and process id (printed and reported)."""
+    import socket
+
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
