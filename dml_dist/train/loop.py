@@ -125,7 +125,10 @@ class Trainer:
         """Every rank's node, host and pid, in rank order (printed by each rank, reported by rank 0)."""
         here = {"rank": self.rank, **node_info()}
         print(f"[rank {self.rank}] node {here['node_id'][:12]} host {here['host']} pid {here['pid']}", flush=True)
-        return collectives.all_gather_object(here)
+        placement = collectives.all_gather_object(here)
+        if self.rank == 0:
+            run_files.write_json_atomic(self.run_dir / run_files.PLACEMENT, placement)
+        return placement
 
     def _resume(self) -> int:
         """Restore the checkpoint Ray Train hands back, if any; returns its step.
@@ -138,8 +141,8 @@ class Trainer:
         import ray.train
 
         reported = ray.train.get_checkpoint()
-        if reported is None and not self.plan.resume:
-            return 0
+        # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
+        # sealed checkpoint here is this run's, also one whose report a failure cut short.
         checkpoints = Path(reported.path).parent if reported is not None else self.run_dir / run_files.CHECKPOINTS
         good = checkpoint.latest_good(checkpoints)
         if good is None:

@@ -2,7 +2,8 @@
 
 ``config.yaml`` (resolved config), ``metrics.jsonl`` (a JSON object per logged step),
 ``eval.json`` (held-out retrieval, untrained and latest), ``embedder.pt`` (model weights and
-config, loadable with ``weights_only=True``), ``checkpoints/`` (DeepSpeed engine state).
+config, loadable with ``weights_only=True``), ``checkpoints/`` (Ray Train checkpoints: DeepSpeed
+engine state of every rank and the mining state), ``placement.json`` (each rank's node and pid).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EVAL = "eval.json"
 EMBEDDER = "embedder.pt"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
+PLACEMENT = "placement.json"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -1,4 +1,5 @@
-"""A real Prometheus scrapes a real training run; every Grafana panel's PromQL returns data."""
+"""A real Prometheus scrapes a real training run through Ray's metrics agents; every Grafana
+panel's PromQL returns data."""
 
 from __future__ import annotations
 
@@ -33,20 +34,20 @@ def test_every_dashboard_expression_returns_data(prometheus_server: str | None, 
         if panel["description"].startswith("[GPU]"):
             continue  # GPU panels have data only on GPU workers
         for target in panel["targets"]:
-            expr = target["expr"].replace("$job", job)
+            expr = target["expr"].replace("$run", job).replace("$rank", ".*")
             series = _query_range(prometheus_server, expr, window["start"] - 5, window["end"] + 15)
             (checked if series else missing).append(f"{panel['title']}: {expr}")
     assert not missing, f"no data for: {missing}"
     assert len(checked) >= 10
 
 
-def test_workers_are_discovered_with_their_job_and_rank(prometheus_server: str | None, trained_run: Path) -> None:
+def test_workers_are_discovered_with_their_run_and_rank(prometheus_server: str | None, trained_run: Path) -> None:
     if prometheus_server is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus; .ci/run installs it)")
     window = json.loads((trained_run / "test-window.json").read_text())
     job = json.loads((trained_run / "eval.json").read_text())["job"]
     series = _query_range(
-        prometheus_server, f'dml_dist_steps_total{{job="{job}"}}', window["start"], window["end"] + 15
+        prometheus_server, f'ray_dml_dist_steps_total{{run="{job}"}}', window["start"], window["end"] + 15
     )
     assert sorted(s["metric"]["rank"] for s in series) == ["0", "1"]
     final = max(float(v[1]) for s in series for v in s["values"])

@@ -54,7 +54,6 @@ def test_submitted_job_trains_and_keeps_the_global_batch(
         "batch.num_classes": 128,
         "train.eval_every": 0,
         "train.log_every": 5,
-        "metrics.targets_dir": str(tmp_path / "targets"),
     }
     args = ["submit", "configs/quickstart.yaml", "--address", ray_head, "--working-dir", str(REPO)]
     args += ["--run-dir", str(run_dir), "--workers", "1", "--steps", "10"]
