@@ -272,3 +272,26 @@ def test_prometheus_on_the_head_scrapes_both_ranks(killed_run: dict, cluster: Cl
     assert "0" in instances and instances["0"] != instances["1"], instances
     scraped = {s["metric"]["rank"]: max(float(v[1]) for v in s["values"]) for s in series}
     assert min(scraped.values()) >= 10, scraped  # scraped while training, not only at the end
+
+
+def test_submitted_job_runs_across_both_nodes_on_the_storage(cluster: Cluster, killed_run: dict) -> None:
+    """``dml-dist submit --storage``: Ray Jobs runs the driver in a node-local copy of the project,
+    and the run and its generated data still land in the storage, with a worker on each node."""
+    settings = {
+        "data.samples_per_shard": 1000,
+        "data.procedural.num_classes": 600,
+        "data.procedural.num_test_classes": 100,
+        "data.procedural.images_per_class": 8,
+        "batch.num_classes": 64,
+        "train.placement": "STRICT_SPREAD",
+        "train.eval_every": 0,
+    }
+    cmd = [sys.executable, "-m", "dml_dist", "submit", "configs/quickstart.yaml", "--address", cluster.dashboard]
+    cmd += ["--working-dir", str(REPO), "--storage", str(cluster.storage), "--run-dir", "runs/submitted"]
+    cmd += ["--workers", "2", "--steps", "6", *set_args(settings)]
+    out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    run_dir = cluster.storage / "runs" / "submitted"
+    assert json.loads((run_dir / "eval.json").read_text())["step"] == 6
+    placement = json.loads((run_dir / "placement.json").read_text())
+    assert placement[0]["node_id"] != placement[1]["node_id"], placement
