@@ -1,11 +1,14 @@
-# dml-dist images, tagged with the package version (pyproject.toml); push them to your registry
-# under the names the cluster files use (cluster/kuberay/*.yaml, cluster/ray-cluster.yaml):
-#   docker build --target cpu  -t ghcr.io/dml-dist/dml-dist:0.1.0-cpu  .   # CPU nodes, docker-compose
+# dml-dist images, tagged with the package version (pyproject.toml). The cluster files use
+# ghcr.io/dml-dist/dml-dist:0.1.0-cuda (cluster/kuberay/*.yaml, cluster/ray-cluster.yaml): build it
+# and push it to your registry (or change the reference there); docker-compose builds the cpu
+# target itself as dml-dist:0.1.0-cpu.
 #   docker build --target cuda -t ghcr.io/dml-dist/dml-dist:0.1.0-cuda .   # GPU nodes: CUDA torch, NCCL, faiss-gpu
-# Pinned to what the test suite runs with: Python 3.11, torch 2.13.0, ray 2.60.0, deepspeed 0.19.8,
-# and faiss through the package's extras: `cpu` (faiss-cpu 1.15.1), `gpu` (faiss-gpu-cu12
-# 1.14.1.post1). Both targets install into the virtual environment /opt/venv (owned by root, read
-# only at run time) and run as the unprivileged user ray (uid 1000, home /home/ray).
+#   docker build --target cpu  -t ghcr.io/dml-dist/dml-dist:0.1.0-cpu  .   # CPU nodes
+# Pinned to what the test suite runs with: Python 3.11, pip 26.3, torch 2.13.0, ray 2.60.0,
+# deepspeed 0.19.8, and faiss through the package's extras: `cpu` (faiss-cpu 1.15.1), `gpu`
+# (faiss-gpu-cu12 1.14.1.post1). Both targets install into the virtual environment /opt/venv
+# (owned by root, read only at run time) and run as the unprivileged user ray (uid 1000, home
+# /home/ray).
 # The base images are build arguments so that a build can start from a local copy of the same
 # Debian / Ubuntu release (pin them by digest for reproducible builds).
 ARG CPU_BASE=python:3.11-slim-bookworm
@@ -26,7 +29,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && mkdir -p /home/ray/.ray /tmp/ray /tmp/dml-dist /mnt/dml-dist \
     && chown ray:ray /home/ray/.ray /tmp/ray /tmp/dml-dist /mnt/dml-dist \
     && python3 -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" \
-    && python3 -m venv /opt/venv \
+    && python3 -m venv /opt/venv && pip install pip==26.3 \
     && echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/dml-dist-venv.sh
 # torch first and explicitly: from the default index a bare requirement pulls the CUDA build.
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
@@ -54,7 +57,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends software-proper
     && useradd --create-home --uid 1000 --shell /bin/bash ray \
     && mkdir -p /home/ray/.ray /tmp/ray /tmp/dml-dist /mnt/dml-dist \
     && chown ray:ray /home/ray/.ray /tmp/ray /tmp/dml-dist /mnt/dml-dist \
-    && python3.11 -m venv /opt/venv \
+    && python3.11 -m venv /opt/venv && pip install pip==26.3 \
     && echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/dml-dist-venv.sh
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /app

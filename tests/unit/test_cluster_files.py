@@ -138,6 +138,24 @@ def test_kuberay_manifest_matches_the_crd_schema(kind: str, crd_schemas: dict[st
     assert _crd_errors(crd_schemas[kind], manifest) == []
 
 
+def _claim_spec_schema(raycluster_schema: dict[str, Any]) -> dict[str, Any]:
+    """PersistentVolumeClaimSpec as the CRD embeds it (pod volumes: ephemeral.volumeClaimTemplate)."""
+    node = raycluster_schema
+    for key in ["spec", "headGroupSpec", "template", "spec", "volumes"]:
+        node = node["properties"][key]
+    node = node["items"]["properties"]["ephemeral"]["properties"]["volumeClaimTemplate"]["properties"]["spec"]
+    return node
+
+
+def test_storage_claim_matches_the_claim_schema(crd_schemas: dict[str, dict[str, Any]]) -> None:
+    claim = _load(CLUSTER / "kuberay" / "storage.yaml")
+    assert (claim["apiVersion"], claim["kind"]) == ("v1", "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod of every node mounts it
+    assert _crd_errors(_claim_spec_schema(crd_schemas["RayCluster"]), claim["spec"]) == []
+    claim["spec"]["accessMode"] = claim["spec"].pop("accessModes")
+    assert _crd_errors(_claim_spec_schema(crd_schemas["RayCluster"]), claim["spec"])
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(spec: dict[str, Any]) -> None:
         *parents, last = path.split(".")
@@ -221,8 +239,7 @@ def test_kuberay_cluster_starts_what_the_readme_submits(kind: str) -> None:
     assert slots == EXAMPLE_WORKERS
     assert f"--workers {EXAMPLE_WORKERS}" in text  # the header's submit line says the same
     # storage: the ReadWriteMany claim on every pod, at one path, also in DML_DIST_STORAGE
-    claim = _load(CLUSTER / "kuberay" / "storage.yaml")
-    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    claim = _load(CLUSTER / "kuberay" / "storage.yaml")  # checked in test_storage_claim_matches_the_claim_schema
     for pod in _pod_specs(spec):
         volumes = {v["name"]: v for v in pod["volumes"]}
         (container,) = pod["containers"]
