@@ -252,6 +252,10 @@ def test_kuberay_cluster_starts_what_the_readme_submits(kind: str) -> None:
         assert (REPO / Path(args[4]).relative_to("/app")).is_file()  # the Dockerfile copies configs/ to /app
         assert args[args.index("--workers") + 1] == str(EXAMPLE_WORKERS)
         assert args[args.index("--storage") + 1] == STORAGE
+        from dml_dist.cli import build_parser
+
+        parsed = build_parser().parse_args(args[3:])  # the CLI itself accepts the entrypoint
+        assert (parsed.storage, parsed.workers, parsed.address) == (STORAGE, EXAMPLE_WORKERS, "auto")
 
 
 # ---- cluster launcher ------------------------------------------------------------------------
