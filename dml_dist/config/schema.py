@@ -87,6 +87,12 @@ class ModelConfig:
     ImageNet backbones ``resnet50``, ``bn_inception``, ``googlenet`` (frozen BN; see ``pretrained``)."""
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     """Output channels of the conv stages (each stage halves the resolution)."""
+    norm: str = "group"
+    """``small_cnn`` normalization: ``group`` (GroupNorm) or ``batch`` (batch norm over the global
+    batch across ranks, exact under the all-gather; not with ``batch.chunk_size``)."""
+    pool_grid: int = 0
+    """``small_cnn`` pooling: 0 = global average pooling; g > 0 = average-pool the last map to g x g
+    and flatten it (keeps the spatial layout; Conv-4 uses 2)."""
     embedding_dim: int = 128
     """D: size of the embedding produced by the linear head."""
     in_channels: int = 1
@@ -285,6 +291,17 @@ class ExperimentConfig:
         _positive("data.samples_per_shard", self.data.samples_per_shard)
         if not self.model.channels or any(c <= 0 for c in self.model.channels):
             raise ValueError(f"model.channels: expected a non-empty list of positive ints, got {self.model.channels}")
+        if self.model.norm not in ("group", "batch"):
+            raise ValueError(f"model.norm: expected group or batch, got {self.model.norm!r}")
+        if self.model.pool_grid < 0:
+            raise ValueError(
+                f"model.pool_grid: expected 0 (global average pooling) or more, got {self.model.pool_grid}"
+            )
+        if self.model.norm == "batch" and self.batch.chunk_size > 0:
+            raise ValueError(
+                "model.norm: batch normalization over the global batch needs the whole batch in one forward; "
+                "set batch.chunk_size: 0 or model.norm: group"
+            )
         if not self.eval.recall_at or any(k <= 0 for k in self.eval.recall_at):
             raise ValueError(f"eval.recall_at: expected positive ints, got {self.eval.recall_at}")
         self.eval.validate()

@@ -1,9 +1,15 @@
 """Embedding networks: backbone + linear head -> unnormalized embedding [B, D].
 
-``small_cnn`` is a conv net for small grayscale images: per stage conv3x3 -> GroupNorm -> ReLU
--> 2x2 max-pool, then global average pooling and a linear head. GroupNorm (not BatchNorm) keeps
-every sample's embedding independent of the rest of the batch, so splitting the batch across
-workers changes nothing: the distributed step equals the single-process step exactly.
+``small_cnn`` is a conv net for small images: per stage conv3x3 -> norm -> ReLU -> 2x2 max-pool
+(``model.channels`` sets depth and widths), then pooling and a linear head.
+- ``model.norm: group`` (GroupNorm) keeps every sample's embedding independent of its batch;
+  ``batch`` is batch normalization over the *global* batch (``global_batchnorm.py``), exact
+  under the all-gather on gloo as on NCCL. Either way a distributed step equals the
+  single-process step on the global batch.
+- ``model.pool_grid: 0`` averages the last feature map to one vector (global average pooling);
+  ``g > 0`` average-pools it to a g x g grid and flattens it, keeping where the strokes are: the
+  Conv-4 of the few-shot and metric-learning literature is ``channels: [64, 64, 64, 64]``,
+  ``norm: batch``, ``pool_grid: 2`` (its 2 x 2 x 64 map of 32 px input, flattened).
 """
 
 from __future__ import annotations
@@ -14,31 +20,36 @@ import torch
 from torch import nn
 
 from dml_dist.config.schema import ModelConfig
+from dml_dist.models.global_batchnorm import GlobalBatchNorm2d
 
 BACKBONES = ("small_cnn", "resnet50", "bn_inception", "googlenet")
 
 
 class SmallConvEmbedder(nn.Module):
-    """[B, 1, H, W] images -> [B, embedding_dim] embeddings."""
+    """[B, C, H, W] images -> [B, embedding_dim] embeddings."""
 
-    def __init__(self, channels: list[int], embedding_dim: int, in_channels: int = 1):
+    def __init__(
+        self, channels: list[int], embedding_dim: int, in_channels: int = 1, norm: str = "group", pool_grid: int = 0
+    ):
         super().__init__()
         stages: list[nn.Module] = []
         previous = in_channels
         for width in channels:
+            normalize = GlobalBatchNorm2d(width) if norm == "batch" else nn.GroupNorm(min(8, width), width)
             stages += [
                 nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=False),
-                nn.GroupNorm(min(8, width), width),
+                normalize,
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
             previous = width
         self.backbone = nn.Sequential(*stages)
-        self.head = nn.Linear(previous, embedding_dim)
+        self.pool: nn.Module = nn.AdaptiveAvgPool2d(pool_grid) if pool_grid > 0 else nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(previous * max(pool_grid, 1) ** 2, embedding_dim)
 
-    def forward(self, images_B1HW: torch.Tensor) -> torch.Tensor:
-        features_BC = self.backbone(images_B1HW).mean(dim=(2, 3))
-        return self.head(features_BC)
+    def forward(self, images_BCHW: torch.Tensor) -> torch.Tensor:
+        features_BF = self.pool(self.backbone(images_BCHW)).flatten(1)
+        return self.head(features_BF)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,7 +99,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.backbone == "small_cnn":
         if config.pretrained is not None:
             raise ValueError("model.pretrained: small_cnn has no pretrained weights; set it to null")
-        return SmallConvEmbedder(config.channels, config.embedding_dim, in_channels=config.in_channels)
+        return SmallConvEmbedder(
+            config.channels, config.embedding_dim, config.in_channels, norm=config.norm, pool_grid=config.pool_grid
+        )
     from dml_dist.models import backbones
 
     factory = {"resnet50": backbones.ResNet50, "bn_inception": backbones.bn_inception, "googlenet": backbones.googlenet}

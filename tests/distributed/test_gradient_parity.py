@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dml_dist.config.schema import DataConfig
+from dml_dist.config.schema import DataConfig, ModelConfig
 from dml_dist.data.datasets import procedural_root
 from tests.distributed.parity import StepSpec, distributed_gradients, single_process_gradients
 
@@ -41,3 +41,15 @@ def test_first_step_loss_is_the_same_on_one_and_four_workers(small_data: DataCon
     grads_4, loss_4 = distributed_gradients(4, spec, tmp_path)
     assert loss_4 == pytest.approx(loss_1, rel=1e-6)
     _assert_same(grads_4, grads_1)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_global_batch_norm_step_equals_the_single_process_step(world_size: int, tmp_path: Path) -> None:
+    """Conv-4 style: batch norm over the global batch and the 2 x 2 map flattened."""
+    model = ModelConfig(channels=[8, 16], embedding_dim=16, norm="batch", pool_grid=2)
+    spec = StepSpec(num_classes=8, zero_stage=1, model=model)
+    expected, expected_loss = single_process_gradients(spec)
+    got, loss = distributed_gradients(world_size, spec, tmp_path)
+    _assert_same(got, expected)
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
+    assert any("backbone.1.weight" in name for name in got)  # the batch-norm scale is trained and compared
