@@ -36,6 +36,7 @@ from dml_dist.mining.refresh import refresh_stale_classes
 from dml_dist.mining.service import BANK_FILE
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
+from dml_dist.observability.logging import quiet_libraries
 from dml_dist.observability.metrics import NullMetrics, PrometheusMetrics
 from dml_dist.train import checkpoint, run_files
 from dml_dist.train.engine import build_engine, engine_dtype
@@ -62,6 +63,7 @@ class WorkerPlan:
 
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
     """Ray Train entry point: build everything from the plan, then train."""
+    quiet_libraries()  # this worker's library loggers and known warnings (observability/logging.py)
     plan = WorkerPlan(**plan_dict)
     config = from_dict(ExperimentConfig, plan.config, prefix="")
     Trainer(config, plan).run()
