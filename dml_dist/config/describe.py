@@ -75,7 +75,7 @@ def show_config(config: ExperimentConfig, source: str = "defaults") -> str:
 def _section_lines(name: str, obj: Any, indent: int) -> list[str]:
     pad = " " * (indent + 2)
     lines = [f"{' ' * indent}{name}:"]
-    docs = field_docs(type(obj))
+    docs = field_docs(typing.cast(type, type(obj)))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         doc = docs.get(f.name) or (one_line(type(value).__doc__) if dataclasses.is_dataclass(value) else "")

@@ -62,7 +62,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "img") -> Any:
         return _RayBar(tqdm_ray(total=total, desc=desc, unit=unit))
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
 
 
 class _RayBar:
