@@ -15,7 +15,7 @@ FROM base AS cpu
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY dml_dist ./dml_dist
-COPY configs ./configs
+COPY dml_dist/configs ./configs
 RUN pip install "ray[train,default]==2.60.0" deepspeed==0.19.8 faiss-cpu==1.15.1 . \
     && python -c "import dml_dist, deepspeed, ray, faiss"
 
@@ -27,7 +27,7 @@ WORKDIR /app
 RUN python -m pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY dml_dist ./dml_dist
-COPY configs ./configs
+COPY dml_dist/configs ./configs
 # faiss-gpu comes from the faiss-gpu-cu12 wheels; faiss-cpu is swapped out for it.
 RUN python -m pip install "ray[train,default]==2.60.0" deepspeed==0.19.8 . \
     && python -m pip uninstall -y faiss-cpu && python -m pip install faiss-gpu-cu12 \

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     shards = add_command(
-        "shards", "write WebDataset shards, a class index and a manifest (every image is decoded; bad files are named and skipped)"
+        "shards",
+        "write WebDataset shards, a class index and a manifest (every image is decoded; bad files are named and skipped)",
     )
     shards.add_argument(
         "src",
@@ -147,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         parents=[common],
     )
-    show.add_argument("config", nargs="?", help="experiment YAML or shipped config name (default: the built-in defaults)")
+    show.add_argument(
+        "config", nargs="?", help="experiment YAML or shipped config name (default: the built-in defaults)"
+    )
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     show.set_defaults(func=cmd_config_show)
     schema = config_sub.add_parser(
@@ -174,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = add_command("submit", "submit a training job to a Ray cluster (Ray Jobs)")
     submit.add_argument("config", help="experiment YAML inside --working-dir, or a shipped config's name")
-    submit.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument(
+        "--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
+    )
     submit.add_argument("--working-dir", default=".", help="directory shipped to the cluster")
     submit.add_argument("--run-dir", default=None, help="run directory on the cluster (default runs/<config name>)")
     submit.add_argument("--workers", type=int, help="Ray Train workers (train.workers)")
@@ -187,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = add_command("jobs", "list, inspect, follow or stop Ray jobs")
     jobs.add_argument("action", choices=["list", "status", "logs", "stop"])
     jobs.add_argument("job_id", nargs="?", help="job id (all but list)")
-    jobs.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    jobs.add_argument(
+        "--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
+    )
     jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jobs.set_defaults(func=cmd_jobs)
     return parser

@@ -37,7 +37,9 @@ class Range:
     def describe(self) -> str:
         """``> 0``, ``>= 0``, ``in [0, 1)``: how an error message states the range."""
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            return (
+                f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            )
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {_num(self.low)}"
         if self.high is not None:

@@ -108,4 +108,3 @@ def procedural_samples(config: ProceduralDataConfig, class_ids: list[int]) -> It
                 key=f"c{class_id:06d}_{index:04d}",
                 read=functools.partial(render_png, config, class_id, index),
             )
-

@@ -71,13 +71,16 @@ def library_level(level: str | None = None) -> str:
 
 
 def quiet_libraries(level: str | None = None) -> None:
-    """Set every library logger to ``library_level(level)`` and filter ``KNOWN_WARNINGS``.
+    """Set the root and every library logger to ``library_level(level)``; filter ``KNOWN_WARNINGS``.
 
     Idempotent; called in the driver and first thing in every worker. At DEBUG nothing is
     filtered, so the known warnings can still be seen when asked for.
     """
     chosen = library_level(level)
-    for name in LIBRARY_LOGGERS:
+    # The root logger too: Ray Train sets a worker's root logger to INFO, and some library
+    # loggers hang off it under odd names (Ray Train's context logs "Reporting training
+    # result ..." through a logger named by its file path). Our own lines are prints.
+    for name in ("", *LIBRARY_LOGGERS):
         logging.getLogger(name).setLevel(chosen)
     if chosen == "DEBUG":
         return
@@ -104,6 +107,8 @@ def configure_console(level: str | None, quiet: bool) -> None:
       has nothing to watch on one machine, and its actor logs a ``core_worker.cc ... E`` line at
       start; a cluster keeps it (see ``local_ray_env``);
     - ``-q``: no progress bars (``TQDM_DISABLE``) and libraries at ERROR.
+
+    A local instance also gets ``local_ray_env`` (``cli.cmd_train``).
     """
     chosen = "ERROR" if quiet and level is None else library_level(level)
     os.environ[LOG_LEVEL_ENV] = chosen
@@ -114,6 +119,12 @@ def configure_console(level: str | None, quiet: bool) -> None:
 
 
 def local_ray_env() -> dict[str, str]:
-    """Settings for a Ray instance this process starts itself (one machine): apply with
-    ``os.environ.setdefault`` before ``ray.init(address="local")``."""
-    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    """Settings for a Ray instance this process starts itself (one machine); applied with
+    ``os.environ.setdefault`` before ``ray.init(address="local")``, so a user's own wins.
+
+    - ``RAY_AUTH_MODE=token``: what Ray does anyway for a new local instance, said explicitly,
+      so Ray does not warn that it did it ("Token authentication is enabled ...");
+    - ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``: one machine has no node to be preempted, and
+      the watcher's actor logs a ``core_worker.cc ... E`` line when it starts.
+    """
+    return {"RAY_AUTH_MODE": "token", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}

@@ -13,7 +13,10 @@ warm caches, weigh less as the run goes on).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
+
+from tqdm import tqdm
 
 
 def bars_disabled() -> bool:
@@ -31,6 +34,14 @@ def in_ray_worker() -> bool:
     return bool(ray._private.worker.global_worker.mode == ray.WORKER_MODE)
 
 
+class _StderrBar(tqdm):  # type: ignore[type-arg]
+    """tqdm whose ``write`` (a message printed above the bar) goes to stderr, like the bar."""
+
+    @classmethod
+    def write(cls, s: str, file: Any = None, end: str = "\n", nolock: bool = False) -> None:
+        super().write(s, file=file or sys.stderr, end=end, nolock=nolock)
+
+
 class _NoBar:
     """A bar that shows nothing (``TQDM_DISABLE``), with the methods callers use."""
 
@@ -41,8 +52,6 @@ class _NoBar:
         pass
 
     def write(self, text: str) -> None:
-        import sys
-
         print(text, file=sys.stderr, flush=True)
 
     def __enter__(self) -> _NoBar:
@@ -60,9 +69,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "img") -> Any:
         from ray.experimental.tqdm_ray import tqdm as tqdm_ray
 
         return _RayBar(tqdm_ray(total=total, desc=desc, unit=unit))
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
+    return _StderrBar(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
 
 
 class _RayBar:
