@@ -6,7 +6,7 @@ the name of a shipped one (``dml-dist train quickstart``).
 
 The console is ours: library loggers speak at ``--log-level`` (WARNING by default) and known
 warnings nobody can act on are filtered in every process (``observability/logging.py``); ``-q``
-leaves only warnings, errors and results. Progress bars go to stderr.
+turns the progress bars off and the libraries down to ERROR. Progress bars go to stderr.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _console_options(default: Any) -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         default=default if default is argparse.SUPPRESS else False,
-        help="no progress bars, libraries at ERROR: warnings, errors and results",
+        help="quiet: no progress bars, and libraries at ERROR (our own lines and results stay)",
     )
     return common
 

@@ -60,3 +60,18 @@ def test_quickstart_console_is_quiet_and_short(small_data: DataConfig, ray_sessi
     assert f"run directory {run_dir}" in summary.replace("  ", " ").replace("  ", " ")
     assert f"dml-dist eval {run_dir}" in summary and f"dml-dist embed {run_dir}" in summary
     assert (run_dir / "curves.png").is_file() and str(run_dir / "curves.png") in summary
+
+
+def test_a_bar_inside_a_ray_worker_is_drawn_by_the_driver(ray_session) -> None:
+    """Inside a Ray worker ``progress_bar`` is Ray's ``tqdm_ray`` (the driver draws it); on the
+    driver it is plain tqdm."""
+    from dml_dist.observability.progress import in_ray_worker, progress_bar
+
+    @ray_session.remote(num_cpus=0)
+    def count() -> tuple[bool, str]:
+        with progress_bar(3, desc="in a worker") as bar:
+            bar.update(3)
+        return in_ray_worker(), type(bar).__name__
+
+    assert ray_session.get(count.remote()) == (True, "_RayBar")
+    assert not in_ray_worker()
