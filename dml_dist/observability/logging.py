@@ -112,7 +112,10 @@ def configure_console(level: str | None, quiet: bool) -> None:
     """
     chosen = "ERROR" if quiet and level is None else library_level(level)
     os.environ[LOG_LEVEL_ENV] = chosen
-    os.environ["RAY_LOGGER_LEVEL"] = chosen.lower()
+    if level is not None or quiet:
+        os.environ["RAY_LOGGER_LEVEL"] = chosen.lower()
+    else:  # a user's own RAY_LOGGER_LEVEL stands unless a flag says otherwise
+        os.environ.setdefault("RAY_LOGGER_LEVEL", chosen.lower())
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
     quiet_libraries(chosen)
