@@ -59,7 +59,7 @@ def _console_options(default: Any) -> argparse.ArgumentParser:
         choices=LEVELS,
         default=default,
         help="level of the libraries' loggers (Ray, DeepSpeed, torch, faiss); default WARNING, "
-        "DEBUG also shows the known warnings that are otherwise filtered",
+        "DEBUG or INFO also show the known warnings that are otherwise filtered",
     )
     common.add_argument(
         "-q",

@@ -40,6 +40,16 @@ LIBRARY_LOGGERS = (
 )
 """Loggers of the libraries a run uses; set to the library level (child loggers inherit it)."""
 
+KNOWN_LOG_NOTICES: tuple[tuple[str, str], ...] = (
+    (
+        "ray._private.authentication.authentication_token_setup",
+        "Ray's WARNING on every new local instance that token authentication is on (as intended, "
+        "and the README says so). Setting RAY_AUTH_MODE=token ourselves would silence it only when "
+        "ray is not yet imported (Ray caches the mode), so the notice is held at ERROR instead.",
+    ),
+)
+"""(logger, why): library loggers held at ERROR below DEBUG/INFO: notices nobody acts on."""
+
 KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (
         r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
@@ -73,8 +83,8 @@ def library_level(level: str | None = None) -> str:
 def quiet_libraries(level: str | None = None) -> None:
     """Set the root and every library logger to ``library_level(level)``; filter ``KNOWN_WARNINGS``.
 
-    Idempotent; called in the driver and first thing in every worker. At DEBUG nothing is
-    filtered, so the known warnings can still be seen when asked for.
+    Idempotent; called in the driver and first thing in every worker. At DEBUG and INFO nothing
+    is filtered, so the known warnings can still be seen when asked for.
     """
     chosen = library_level(level)
     # The root logger too: Ray Train sets a worker's root logger to INFO, and some library
@@ -82,8 +92,10 @@ def quiet_libraries(level: str | None = None) -> None:
     # result ..." through a logger named by its file path). Our own lines are prints.
     for name in ("", *LIBRARY_LOGGERS):
         logging.getLogger(name).setLevel(chosen)
-    if chosen == "DEBUG":
+    if chosen in ("DEBUG", "INFO"):
         return
+    for name, _ in KNOWN_LOG_NOTICES:
+        logging.getLogger(name).setLevel("ERROR")
     for pattern, category, _ in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{pattern}", category=category)
 
@@ -125,9 +137,8 @@ def local_ray_env() -> dict[str, str]:
     """Settings for a Ray instance this process starts itself (one machine); applied with
     ``os.environ.setdefault`` before ``ray.init(address="local")``, so a user's own wins.
 
-    - ``RAY_AUTH_MODE=token``: what Ray does anyway for a new local instance, said explicitly,
-      so Ray does not warn that it did it ("Token authentication is enabled ...");
-    - ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``: one machine has no node to be preempted, and
-      the watcher's actor logs a ``core_worker.cc ... E`` line when it starts.
+    ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``: one machine has no node to be preempted, and the
+    watcher's actor logs a ``core_worker.cc ... E`` line when it starts. (Read by Ray Train's
+    controller, a process the new instance starts, so it may be set after ``import ray``.)
     """
-    return {"RAY_AUTH_MODE": "token", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}

@@ -21,6 +21,11 @@ LIBRARY_NOISE = re.compile(
 """A library's warning or log line: Python warnings, logger WARNINGs, C++ log lines, tracebacks,
 faiss's loader lines, DeepSpeed's build notices."""
 
+MULTIPLE_INSTANCES = "Found multiple active Ray instances"
+"""Ray Train's placement-group cleaner looks its own cluster up by scanning the machine, and
+prints a traceback when it finds several Ray instances (a shared development machine; CI runs
+one). A Ray bug outside this test's subject: its lines are left out when they say so."""
+
 LINES_PER_LOGGED_STEP = 1
 FIXED_LINES = 40
 """Everything else a run may print: the header, one metrics line per worker, two evaluations
@@ -46,6 +51,8 @@ def test_quickstart_console_is_quiet_and_short(small_data: DataConfig, ray_sessi
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     lines = [line for line in output.splitlines() if line.strip()]
+    if MULTIPLE_INSTANCES in output:
+        lines = [line for line in lines if "(PlacementGroupCleaner" not in line]
 
     noise = [line for line in lines if LIBRARY_NOISE.search(line)]
     assert not noise, "library lines on the console:\n" + "\n".join(noise)

@@ -149,3 +149,20 @@ def test_jobs_take_the_address_from_ray_address(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     assert resolve_address(None) == "http://127.0.0.1:8265"
     assert resolve_address("http://head:8265") == "http://head:8265"
+
+
+@pytest.mark.parametrize(
+    ("argv", "quiet", "level"),
+    [
+        (["-q", "config", "schema"], True, None),
+        (["config", "schema", "-q"], True, None),
+        (["config", "schema"], False, None),
+        (["--log-level", "debug", "eval", "RUN"], False, "DEBUG"),
+        (["eval", "RUN", "--log-level", "info"], False, "INFO"),
+    ],
+)
+def test_console_options_work_before_and_after_the_command(argv: list[str], quiet: bool, level: str | None) -> None:
+    from dml_dist.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.log_level) == (quiet, level)
