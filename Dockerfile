@@ -36,7 +36,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dml_dist ./dml_dist
-COPY configs ./configs
+COPY dml_dist/configs ./configs
 RUN pip install "ray[train,default]==2.60.0" deepspeed==0.19.8 faiss-cpu==1.15.1 ".[cpu]" \
     && python -c "import dml_dist, deepspeed, faiss, ray, torch; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__"
 USER ray
@@ -63,7 +63,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dml_dist ./dml_dist
-COPY configs ./configs
+COPY dml_dist/configs ./configs
 # boto3: the cluster launcher's AWS autoscaler runs on the head (cluster/ray-cluster.yaml).
 RUN pip install "ray[train,default]==2.60.0" deepspeed==0.19.8 boto3==1.44.5 ".[gpu]" \
     && python -c "import dml_dist, deepspeed, faiss, ray, torch; assert torch.__version__.startswith('2.13.0+cu128'), torch.__version__"

@@ -9,6 +9,8 @@ arguments, so no config value is ever interpreted by a shell.
 Token authentication stays on: when a token is available (``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, the client is
 put in token mode so that it sends it.
+
+The address is ``--address`` or, as for Ray's own job CLI, ``RAY_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dml_dist.config.loader import load_config
+from dml_dist.config.loader import load_config, resolve_config_path
 
 EXCLUDES = [
     ".venv",
@@ -40,6 +42,14 @@ def _enable_token_auth() -> None:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if "RAY_AUTH_MODE" not in os.environ and ("RAY_AUTH_TOKEN" in os.environ or token_file.is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def resolve_address(address: str | None) -> str:
+    """``--address``, else ``RAY_ADDRESS``; a ``ValueError`` saying so when neither is set."""
+    chosen = address or os.environ.get("RAY_ADDRESS")
+    if not chosen:
+        raise ValueError("--address: no Ray dashboard address; pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    return chosen
 
 
 def client(address: str) -> Any:
@@ -86,10 +96,12 @@ def submit(
     pip: list[str] | None = None,
     storage: str | None = None,
 ) -> str:
-    """Submit a training job; returns its id. The config must lie inside ``working_dir``."""
+    """Submit a training job; returns its id. The config must lie inside ``working_dir``, or be
+    the name of a shipped config (the job resolves it in its own copy of dml_dist)."""
     root = Path(working_dir).resolve()
-    config_path = Path(config).resolve()
-    if not config_path.is_relative_to(root):
+    config_path = resolve_config_path(config).resolve()
+    shipped_name = not Path(config).is_file()
+    if not config_path.is_relative_to(root) and not shipped_name:
         raise ValueError(f"config {config}: must be inside --working-dir {root}, which is what the job receives")
     extra = list(overrides)
     if workers is not None:
@@ -100,7 +112,8 @@ def submit(
     runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": EXCLUDES}
     if pip:
         runtime_env["pip"] = pip
-    entrypoint = build_entrypoint(str(config_path.relative_to(root)), run_dir, overrides, workers, steps, storage)
+    config_arg = str(config_path.relative_to(root)) if config_path.is_relative_to(root) else str(config)
+    entrypoint = build_entrypoint(config_arg, run_dir, overrides, workers, steps, storage)
     jobs = client(address)
     for attempt in range(30):  # a head that has just started may not have its job agent yet
         try:

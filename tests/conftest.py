@@ -39,7 +39,11 @@ def ray_session():
     """One local Ray instance shared by every test that needs Ray."""
     import ray
 
+    from dml_dist.observability.logging import local_ray_env
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for key, value in local_ray_env().items():  # as `dml-dist train` sets up a local instance
+        os.environ.setdefault(key, value)
     ray.init(address="local", num_cpus=4, dashboard_host="127.0.0.1", log_to_driver=True)
     yield ray
     ray.shutdown()

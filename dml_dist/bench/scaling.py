@@ -26,6 +26,7 @@ from dml_dist.config.schema import EngineConfig, ModelConfig
 from dml_dist.dist import collectives
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
+from dml_dist.observability.logging import quiet_libraries
 from dml_dist.train.engine import build_engine
 from dml_dist.train.step import optimizer_step
 
@@ -46,6 +47,7 @@ def _peak_rss_mb() -> float:
 
 
 def _rank_main(rank: int, case: Case, port: int, out_dir: str) -> None:
+    quiet_libraries()  # a spawned process starts with Python's default warning filters
     collectives.init_local_gloo(rank, case.world_size, port)
     torch.manual_seed(0)
     per_rank = case.num_classes * 2 // case.world_size

@@ -3,6 +3,9 @@
 ``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``, applies ``--set a.b=c``
 overrides (values parsed as YAML scalars), builds the typed dataclasses and validates them once.
 Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
+
+``path`` is a YAML file, or the name of a config shipped inside the package
+(``dml_dist/configs/NAME.yaml``, e.g. ``quickstart``), so an installed wheel has them too.
 """
 
 from __future__ import annotations
@@ -19,14 +22,31 @@ from dml_dist.config.schema import ExperimentConfig, LossConfig
 
 T = TypeVar("T")
 
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+"""The experiment configs shipped inside the package (the repository's ``configs`` links here)."""
+
+
+def bundled_config_names() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """A YAML file, or the shipped config named ``spec`` (``quickstart`` -> ``dml_dist/configs/quickstart.yaml``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    named = BUNDLED_CONFIGS / f"{path.name}.yaml"
+    if path.suffix == "" and len(path.parts) == 1 and named.is_file():
+        return named
+    raise ValueError(f"config file not found: {path} (shipped configs: {', '.join(bundled_config_names())})")
+
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment file (or the defaults when ``path`` is None) and validate it."""
+    """Read a YAML experiment file or shipped config name (the defaults when ``path`` is None)
+    and validate it."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:

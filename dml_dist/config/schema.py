@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dml_dist.config.ranges import check_ranges
+
 DEEPSPEED_OPTIMIZERS = ("adam", "adamw", "adagrad", "lamb", "lion")
 
 
@@ -162,7 +164,7 @@ class EngineConfig:
     zero_stage: int = 0
     """DeepSpeed ZeRO stage (0, 1, 2 or 3)."""
     optimizer: str = "AdamW"
-    """DeepSpeed optimizer type (AdamW, Adam, SGD)."""
+    """DeepSpeed optimizer type, case-insensitive: AdamW, Adam, Adagrad, Lamb or Lion."""
     lr: float = 1e-3
     """Learning rate."""
     weight_decay: float = 1e-4
@@ -341,6 +343,7 @@ class ExperimentConfig:
                 f"data.procedural.num_test_classes: expected between 1 and num_classes - 1 "
                 f"({proc.num_classes - 1}), got {proc.num_test_classes}"
             )
+        check_ranges(self)  # every numeric field's own range (config/ranges.py)
 
     def _validate_data_loading(self) -> None:
         data = self.data

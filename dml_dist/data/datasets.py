@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from dml_dist.config.schema import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
 from dml_dist.data.shards import Sample, expand_urls, is_complete, is_remote, write_shards
+from dml_dist.observability.progress import progress_bar
 
 _GENERATOR_VERSION = 1
 
@@ -89,13 +89,14 @@ def ensure_procedural(config: ProceduralDataConfig, cache_dir: Path, samples_per
             continue
         total = len(class_ids) * config.images_per_class
         print(f"data: writing procedural {split} split ({len(class_ids)} classes, {total} images) to {root / split}")
-        write_shards(
-            list(procedural_samples(config, class_ids)),
-            root / split,
-            samples_per_shard,
-            source={"format": "procedural", "split": split, **asdict(config)},
-            progress=_progress_printer(total),
-        )
+        with progress_bar(total, desc=f"data {split}", unit="img") as bar:
+            write_shards(
+                list(procedural_samples(config, class_ids)),
+                root / split,
+                samples_per_shard,
+                source={"format": "procedural", "split": split, **asdict(config)},
+                progress=bar.update,
+            )
     return root
 
 
@@ -107,13 +108,3 @@ def procedural_samples(config: ProceduralDataConfig, class_ids: list[int]) -> It
                 key=f"c{class_id:06d}_{index:04d}",
                 read=functools.partial(render_png, config, class_id, index),
             )
-
-
-def _progress_printer(total: int):  # type: ignore[no-untyped-def]
-    step = max(1, total // 10)
-
-    def report(done: int) -> None:
-        if done % step == 0 or done == total:
-            print(f"  {done}/{total} images", file=sys.stderr, flush=True)
-
-    return report

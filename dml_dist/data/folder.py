@@ -55,6 +55,7 @@ def file_samples(items: Iterable[tuple[int, Path]]) -> list[Sample]:
                 read=functools.partial(read_file, str(path)),
                 ext="jpg" if ext == "jpeg" else ext,
                 origin=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",
+                path=str(path),
             )
         )
     return samples

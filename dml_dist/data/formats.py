@@ -16,19 +16,22 @@ lists, with the class splits of the papers (zero-shot: train and test classes ar
   manifest's ``source.roles`` lists the keys of each so query-vs-gallery retrieval can be run.
 
 ``write_dataset`` writes each split as a shard directory (``OUT/train``, ``OUT/test``, or ``OUT``
-itself for an unsplit folder) through the resumable ``write_shards``.
+itself for an unsplit folder) through the resumable ``write_shards``, with a progress bar.
+Every image is decoded on the way (``images.image_problem``): a file that fails is named on the
+console with its reason, left out, and listed in the split's manifest; the rest is written.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dml_dist.data.folder import file_samples, folder_classes
-from dml_dist.data.shards import write_shards
+from dml_dist.data.images import image_problem
+from dml_dist.data.shards import Sample, read_manifest, write_shards
+from dml_dist.observability.progress import progress_bar
 
 FORMATS = ("folder", "cub200", "cars196", "sop", "inshop", "procedural")
 
@@ -157,7 +160,8 @@ def inshop_splits(src: Path) -> dict[str, Split]:
 def write_dataset(
     fmt: str, src: str | Path, out: str | Path, samples_per_shard: int, holdout: float = 0.2
 ) -> list[dict[str, Any]]:
-    """Convert and write every split; returns one summary per split (directory, counts, skipped)."""
+    """Convert and write every split; returns one summary per split: directory, ``num_samples``
+    written, ``num_classes``, ``num_bad_files`` (named in the manifest), ``written``."""
     summaries = []
     for split, data in convert(fmt, src, holdout).items():
         directory = Path(out) / split if split else Path(out)
@@ -168,21 +172,25 @@ def write_dataset(
             source["roles"] = {
                 role: sorted(keys[p] for p, r in data.roles.items() if r == role) for role in ("query", "gallery")
             }
-        total = len(samples)
-        _, written = write_shards(
-            samples,
-            directory,
-            samples_per_shard,
-            source,
-            progress=_progress(f"{split or 'all'}", total),
-            class_names=data.names,
-        )
+        with progress_bar(len(samples), desc=f"shards {split or 'all'}", unit="img") as bar:
+            final, written = write_shards(
+                samples,
+                directory,
+                samples_per_shard,
+                source,
+                progress=bar.update,
+                class_names=data.names,
+                check=image_problem,
+                on_bad=_bad_file_printer(bar),
+            )
+        manifest = read_manifest(final)
         summaries.append(
             {
                 "split": split or "all",
                 "directory": str(directory),
-                "num_samples": total,
-                "num_classes": len({label for label, _ in data.items}),
+                "num_samples": manifest["num_samples"],
+                "num_classes": manifest["num_classes"],
+                "num_bad_files": manifest.get("num_bad_files", 0),
                 "written": written,
             }
         )
@@ -194,10 +202,10 @@ def _sorted_paths(items: list[tuple[int, Path]]) -> list[str]:
     return [str(p) for _, p in sorted(items, key=lambda item: (item[0], str(item[1])))]
 
 
-def _progress(split: str, total: int) -> Callable[[int], None]:
-    """Called after each shard: prints the running count to stderr."""
+def _bad_file_printer(bar: Any) -> Callable[[Sample, str], None]:
+    """Names each bad file on the console (above the progress bar) as it is found."""
 
-    def report(done: int) -> None:
-        print(f"shards: {split}: {done}/{total} images", file=sys.stderr, flush=True)
+    def report(sample: Sample, reason: str) -> None:
+        bar.write(f"shards: skipped {sample.path or sample.key}: {reason}")
 
     return report

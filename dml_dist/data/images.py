@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 AUGMENTATIONS = ("none", "flip_crop")
 
@@ -48,6 +48,27 @@ def decode_image(
         pixels = np.asarray(converted, dtype=np.float32)
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels / 127.5 - 1.0)
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a usable image, or None when it decodes in full.
+
+    ``dml-dist shards`` calls this on every input file, so a truncated or mislabelled file is
+    named at conversion rather than skipped later by whichever training step draws its class.
+    The whole image is decoded (``load``), which is what finds a file cut short; JPEGs decode at
+    reduced scale (``draft``), which still reads every byte of the compressed data.
+    """
+    if not data:
+        return "empty file"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft(image.mode, (64, 64))
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image (no image format recognised)"
+    except Exception as err:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ... for bad data)
+        return f"cannot be decoded ({type(err).__name__}: {err})"
+    return None
 
 
 def _random_crop_box(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -18,6 +18,13 @@ written as ``shard-N.tar.tmp`` and renamed when closed, so a killed run leaves o
 fingerprint) skips a complete directory entirely, or keeps the finished shards of a
 ``.partial`` one and writes only the rest.
 
+Bad input files are caught at conversion, not in training: with a ``check`` (``dml-dist shards``
+decodes every image in full, ``data/images.py: image_problem``) a sample whose bytes fail is
+left out of its shard, named with its reason (``on_bad``), and listed in the manifest
+(``num_bad_files``, ``bad_files``); every other sample is written. A finished shard's bad files
+are kept beside it (``shard-N.tar.bad.json``) until the manifest is written, so a resumed run
+still lists them.
+
 Reading: ``IndexedShards`` serves the class-driven sampler (a step reads only its N x K images);
 ``iter_tar_samples`` streams one shard (local path, ``pipe:`` command, or an http/https, gs or
 s3 URL opened by the matching command-line tool through webdataset's ``gopen``);
@@ -47,6 +54,7 @@ CLASS_INDEX = "class_index.json"
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.txt"
 SHARD_PATTERN = "shard-%06d.tar"
+BAD_SUFFIX = ".bad.json"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp")
 REMOTE_SCHEMES = ("pipe:", "http://", "https://", "gs://", "s3://")
 
@@ -98,6 +106,8 @@ class Sample:
     read: Callable[[], bytes]
     ext: str = "png"
     origin: str = ""
+    path: str = ""
+    """The input file, where there is one: how messages about a bad sample name it."""
 
 
 def is_complete(directory: str | Path) -> bool:
@@ -152,11 +162,15 @@ def write_shards(
     source: dict[str, Any],
     progress: Callable[[int], None] | None = None,
     class_names: dict[int, str] | None = None,
+    check: Callable[[bytes], str | None] | None = None,
+    on_bad: Callable[[Sample, str], None] | None = None,
 ) -> tuple[Path, bool]:
     """Write ``samples`` (grouped by class) as shards + index + manifest; resumable and atomic.
 
-    Returns (final directory, whether anything was written): a complete directory with the same
-    fingerprint is left as it is.
+    ``progress(n)`` is called as each n samples are done (a bar's ``update``). ``check(bytes)``
+    returns why a sample is unusable (None = fine); such a sample is skipped, passed to
+    ``on_bad`` with the reason, and listed in the manifest. Returns (final directory, whether
+    anything was written): a complete directory with the same fingerprint is left as it is.
     """
     samples = list(samples)
     if samples_per_shard <= 0:
@@ -170,28 +184,34 @@ def write_shards(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         (partial / FINGERPRINT).write_text(fingerprint)
-    done = 0
     names: list[str] = []
+    bad_files: list[dict[str, str]] = []
     for shard_pos, group in enumerate(plan_shards(samples, samples_per_shard)):
         name = SHARD_PATTERN % shard_pos
         names.append(name)
+        bad_list = partial / (name + BAD_SUFFIX)
         if not (partial / name).is_file():  # finished shards of an interrupted run are kept
-            _write_tar(partial / name, group)
-        done += len(group)
-        if progress is not None:
-            progress(done)
+            _write_tar(partial / name, group, check, on_bad, progress)
+        elif progress is not None:
+            progress(len(group))
+        if bad_list.is_file():
+            bad_files += json.loads(bad_list.read_text())
     index = build_class_index(partial, names)
     if class_names:
         index["names"] = {str(label): name for label, name in class_names.items()}
     (partial / CLASS_INDEX).write_text(json.dumps(index))
     manifest = {
-        "num_samples": len(samples),
+        "num_samples": sum(len(entries) for entries in index["classes"].values()),
         "num_classes": len(index["classes"]),
         "num_shards": len(names),
         "samples_per_shard": samples_per_shard,
+        "num_bad_files": len(bad_files),
+        "bad_files": bad_files,
         "source": source,
         "fingerprint": fingerprint,
     }
+    for bad_list in partial.glob("*" + BAD_SUFFIX):
+        bad_list.unlink()
     (partial / FINGERPRINT).unlink()
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -199,15 +219,37 @@ def write_shards(
     return final, True
 
 
-def _write_tar(path: Path, group: list[Sample]) -> None:
-    """One shard, written under a temporary name and renamed once closed."""
+def _write_tar(
+    path: Path,
+    group: list[Sample],
+    check: Callable[[bytes], str | None] | None = None,
+    on_bad: Callable[[Sample, str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """One shard, written under a temporary name and renamed once closed; the samples that fail
+    ``check`` are left out and listed in ``<shard>.bad.json`` (written before the rename)."""
     tmp = path.with_name(path.name + ".tmp")
+    bad: list[dict[str, str]] = []
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in group:
-            for ext, data in ((sample.ext, sample.read()), ("cls", str(sample.label).encode())):
-                info = tarfile.TarInfo(f"{sample.key}.{ext}")
-                info.size, info.mode, info.mtime = len(data), 0o444, 0
-                tar.addfile(info, io.BytesIO(data))
+            image = sample.read()
+            problem = check(image) if check is not None else None
+            if problem is not None:
+                bad.append({"path": sample.path or sample.origin, "key": sample.key, "reason": problem})
+                if on_bad is not None:
+                    on_bad(sample, problem)
+            else:
+                for ext, data in ((sample.ext, image), ("cls", str(sample.label).encode())):
+                    info = tarfile.TarInfo(f"{sample.key}.{ext}")
+                    info.size, info.mode, info.mtime = len(data), 0o444, 0
+                    tar.addfile(info, io.BytesIO(data))
+            if progress is not None:
+                progress(1)
+    bad_list = path.with_name(path.name + BAD_SUFFIX)
+    if bad:
+        bad_list.write_text(json.dumps(bad))
+    else:
+        bad_list.unlink(missing_ok=True)
     os.replace(tmp, path)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.eval.embed import embed_encoded, list_images
+from dml_dist.observability.progress import progress_bar
 
 
 @dataclass
@@ -38,8 +40,12 @@ class Embedder:
     def embedding_dim(self) -> int:
         return self.config.model.embedding_dim
 
-    def embed(self, images: Sequence[bytes] | torch.Tensor, batch_size: int | None = None) -> np.ndarray:
-        """L2-normalized float32 embeddings [n, D] of encoded images or a decoded batch, in order."""
+    def embed(
+        self, images: Sequence[bytes] | torch.Tensor, batch_size: int | None = None, bar: Any = None
+    ) -> np.ndarray:
+        """L2-normalized float32 embeddings [n, D] of encoded images or a decoded batch, in order.
+
+        ``bar``: a progress bar advanced by each batch (``observability/progress.py``)."""
         batch_size = batch_size or self.config.eval.batch_size
         if isinstance(images, torch.Tensor):
             return self._embed_tensor(images, batch_size)
@@ -50,19 +56,23 @@ class Embedder:
             batch_size,
             self.device,
             channels=self.config.data.channels,
+            bar=bar,
         )
         return emb.reshape(len(images), self.embedding_dim) if len(images) == 0 else emb
 
-    def embed_files(self, paths: Sequence[str | Path], batch_size: int | None = None) -> np.ndarray:
+    def embed_files(self, paths: Sequence[str | Path], batch_size: int | None = None, bar: Any = None) -> np.ndarray:
         """Embeddings of image files, in order."""
-        return self.embed([Path(p).read_bytes() for p in paths], batch_size)
+        return self.embed([Path(p).read_bytes() for p in paths], batch_size, bar=bar)
 
-    def embed_folder(self, folder: str | Path) -> tuple[np.ndarray, list[Path]]:
+    def embed_folder(self, folder: str | Path, progress: bool = False) -> tuple[np.ndarray, list[Path]]:
         """(embeddings, files) of every image under ``folder`` (recursively, sorted)."""
         files = list_images(folder)
         if not files:
             raise ValueError(f"--images: no images found under {folder}")
-        return self.embed_files(files), files
+        if not progress:
+            return self.embed_files(files), files
+        with progress_bar(len(files), desc="embed", unit="img") as bar:
+            return self.embed_files(files, bar=bar), files
 
     @torch.no_grad()
     def _embed_tensor(self, images_BCHW: torch.Tensor, batch_size: int) -> np.ndarray:

@@ -1,9 +1,14 @@
-"""Embed images with a model: shard directories (evaluation) or image folders (``dml-dist embed``)."""
+"""Embed images with a model: shard directories (evaluation) or image folders (``dml-dist embed``).
+
+``progress=True`` draws a bar (images, images/s, ETA; ``observability/progress.py``): the
+``eval`` and ``embed`` commands ask for it, the training loop's periodic evaluation does not.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dml_dist.data.images import decode_batch
-from dml_dist.data.shards import expand_urls, iter_tar_samples
+from dml_dist.data.shards import expand_urls, is_complete, iter_tar_samples, read_manifest
+from dml_dist.observability.progress import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -24,8 +30,11 @@ def embed_encoded(
     batch_size: int,
     device: torch.device,
     channels: int = 1,
+    bar: Any = None,
 ) -> np.ndarray:
-    """Normalized float32 embeddings [n, D] of encoded images, in input order."""
+    """Normalized float32 embeddings [n, D] of encoded images, in input order.
+
+    ``bar`` (a ``progress_bar``) advances by each batch's size."""
     was_training = model.training
     model.eval()
     parts: list[np.ndarray] = []
@@ -33,6 +42,8 @@ def embed_encoded(
     for chunk in _chunks(images, batch_size):
         batch = decode_batch(chunk, image_size, channels).to(device=device, dtype=dtype)
         parts.append(F.normalize(model(batch).float(), dim=1).cpu().numpy())
+        if bar is not None:
+            bar.update(len(chunk))
     model.train(was_training)
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
@@ -57,6 +68,7 @@ def embed_shards_keyed(
     batch_size: int,
     device: torch.device,
     channels: int = 1,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(embeddings [n, D], labels [n], sample keys [n]) of every sample of a shard directory."""
     labels: list[int] = []
@@ -69,7 +81,12 @@ def embed_shards_keyed(
                 labels.append(label)
                 yield image
 
-    emb = embed_encoded(model, images(), image_size, batch_size, device, channels)
+    if not progress:
+        emb = embed_encoded(model, images(), image_size, batch_size, device, channels)
+    else:
+        total = read_manifest(directory).get("num_samples") if is_complete(directory) else None
+        with progress_bar(total, desc="embed", unit="img") as bar:
+            emb = embed_encoded(model, images(), image_size, batch_size, device, channels, bar=bar)
     return emb, np.asarray(labels, dtype=np.int64), keys
 
 

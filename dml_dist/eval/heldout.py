@@ -53,10 +53,12 @@ def evaluate_shards(
     settings: EvalConfig,
     device: torch.device,
     seed: int = 0,
+    progress: bool = False,
 ) -> HeldOut:
-    """Embed every sample of ``directory`` and compute the metrics ``settings`` asks for."""
+    """Embed every sample of ``directory`` and compute the metrics ``settings`` asks for
+    (``progress``: a bar while embedding, for ``dml-dist eval``)."""
     emb, labels, keys = embed_shards_keyed(
-        model, directory, data.decode_size, settings.batch_size, device, channels=data.channels
+        model, directory, data.decode_size, settings.batch_size, device, channels=data.channels, progress=progress
     )
     if emb.shape[0] == 0:
         raise ValueError(f"eval: {directory} holds no readable samples")

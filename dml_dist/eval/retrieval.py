@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import faiss
 import numpy as np
 
 PROTOCOLS: dict[str, list[int]] = {
@@ -95,7 +94,7 @@ def retrieval_metrics(
     if queries.size == 0 or gallery.size == 0:
         raise ValueError(f"retrieval: {queries.size} queries and {gallery.size} gallery items; need both")
     emb = normalize_rows(emb_ND)
-    use_gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
+    use_gpu = _faiss().get_num_gpus() > 0 if use_gpu is None else use_gpu
 
     # Position of each row in the gallery (-1: not in it), to exclude a query from its own results.
     gallery_pos = np.full(n, -1, dtype=np.int64)
@@ -151,7 +150,16 @@ def retrieval_metrics(
     return report
 
 
+def _faiss() -> Any:
+    """faiss, imported on first use: after ``quiet_libraries`` has set its logger, so a worker
+    does not print faiss's INFO lines about the CPU builds it tries to load."""
+    import faiss
+
+    return faiss
+
+
 def _flat_index(emb_GD: np.ndarray, use_gpu: bool) -> Any:
+    faiss = _faiss()
     index: Any = faiss.IndexFlatIP(emb_GD.shape[1])
     if use_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
@@ -180,7 +188,7 @@ def kmeans_nmi(
     num_clusters = int(np.unique(labels_N).size)
     if num_clusters < 2 or emb.shape[0] <= num_clusters:
         return 1.0 if num_clusters == 1 else 0.0
-    kmeans = faiss.Kmeans(
+    kmeans = _faiss().Kmeans(
         emb.shape[1], num_clusters, niter=niter, seed=seed, gpu=use_gpu, verbose=False, min_points_per_centroid=1
     )
     kmeans.train(emb)

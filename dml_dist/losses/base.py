@@ -10,6 +10,12 @@ how a row is kept from pairing with itself. Without ``ref_*`` the anchors are th
 candidates (one process). Each loss returns this rank's *share* of the global loss: its local
 terms divided by a normalizer computed from the whole reference set, so that the shares summed
 over ranks equal the single-process loss on the global batch, gradients included.
+
+pytorch-metric-learning's keyword ``ref_emb`` is accepted for ``ref_embeddings`` (``ref_labels``
+is the same name in both), so ``loss(emb, labels, ref_emb=ref, ref_labels=ref_labels)`` runs
+unchanged. The meaning is this contract's: the anchors are rows ``ref_start : ref_start + B`` of
+the reference set. A reference set that does not contain the anchors (PML's use of ``ref_emb``
+for a separate memory) is a different contract and is not what these losses compute.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ class MetricLoss(nn.Module):
         ref_embeddings: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
         ref_start: int = 0,
+        *,
+        ref_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if ref_emb is not None:  # pytorch-metric-learning's name
+            if ref_embeddings is not None:
+                raise ValueError("ref_emb and ref_embeddings name the same argument; give one of them")
+            ref_embeddings = ref_emb
         if embeddings.dim() != 2:
             raise ValueError(f"embeddings: expected [B, D], got shape {tuple(embeddings.shape)}")
         if labels.shape != embeddings.shape[:1]:

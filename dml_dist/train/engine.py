@@ -2,11 +2,19 @@
 
 Precision: ``auto`` is bf16 on GPU and fp32 on CPU. On CPU, Adam/AdamW use PyTorch's
 implementation (``torch_adam``) rather than compiling DeepSpeed's fused kernel.
+
+Console: DeepSpeed's own logger stays at its default (WARNING); the one line it prints with a
+bare ``print`` while ``initialize`` loads its shared-memory op ("DeepSpeed ... built
+successfully", from every worker) is dropped, and anything else it prints is passed on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -58,14 +66,31 @@ def build_engine(
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        optimizer=optimizer,
-        config=deepspeed_config(config, micro_batch, use_gpu, with_optimizer=optimizer is None),
-        dist_init_required=False,
-    )
+    with _without_build_notice():
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer,
+            config=deepspeed_config(config, micro_batch, use_gpu, with_optimizer=optimizer is None),
+            dist_init_required=False,
+        )
     return engine
+
+
+_BUILD_NOTICE = re.compile(r"^DeepSpeed \S+ built successfully$")
+
+
+@contextlib.contextmanager
+def _without_build_notice() -> Iterator[None]:
+    """Hold back what is printed to stdout meanwhile; print it afterwards, less DeepSpeed's build notice."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(held):
+            yield
+    finally:
+        kept = [line for line in held.getvalue().splitlines() if not _BUILD_NOTICE.match(line)]
+        if kept:
+            print("\n".join(kept), flush=True)
 
 
 def engine_dtype(config: EngineConfig, use_gpu: bool) -> torch.dtype:

@@ -25,6 +25,7 @@ from dml_dist.data.loader import build_loader
 from dml_dist.losses import build_loss
 from dml_dist.mining.service import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
+from dml_dist.observability.logging import library_level, worker_env
 from dml_dist.train import checkpoint, run_files
 from dml_dist.train.errors import TrainingStopped
 from dml_dist.train.loop import NONFINITE_MARK, WorkerPlan, train_loop_per_worker
@@ -50,10 +51,19 @@ def init_ray(address: str | None, cpus: int) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # RAY_ADDRESS in the job's environment lets Ray Train's helper actors find this cluster
+        # when other Ray instances run on the same machine.
+        env = {**worker_env(), "RAY_ADDRESS": address}
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
     else:
         # The dashboard (on 127.0.0.1) also serves the State API that Ray Train polls.
-        ray.init(address="local", num_cpus=max(cpus, 2), dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=max(cpus, 2),
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+            runtime_env={"env_vars": worker_env()},
+        )
 
 
 def run_training(
@@ -65,7 +75,7 @@ def run_training(
     ``resume`` continues the run in ``run_dir`` from its latest intact checkpoint; without it a
     run directory that already holds checkpoints is refused, so nothing written is overwritten.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
@@ -120,11 +130,12 @@ def run_training(
             resources_per_worker=_worker_resources(config),
             placement_strategy=config.train.placement,
         ),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train V2 takes logging_config; mypy reads V1
             name=run_files.CHECKPOINTS,  # Ray Train's run directory: RUN_DIR/checkpoints/step-NNNNNN
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
+            logging_config=LoggingConfig(log_level=library_level()),
         ),
     )
     print(
@@ -143,6 +154,7 @@ def run_training(
         raise
     mining_stats = _finish_mining(actor)
     result: dict[str, Any] = dict(fitted.metrics or {})
+    result["samples_per_second"] = result.get("mean_samples_per_second")
     if mining_stats:
         result["mining"] = mining_stats
         run_files.write_json_atomic(run_dir / "mining.json", mining_stats)

@@ -44,8 +44,10 @@ from dml_dist.mining.client import MiningClient, RandomClasses
 from dml_dist.mining.refresh import refresh_stale_classes
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
+from dml_dist.observability.logging import quiet_libraries
 from dml_dist.observability.metrics import NullMetrics, RayMetrics
 from dml_dist.observability.plots import write_training_curves
+from dml_dist.observability.progress import format_step_line
 from dml_dist.train import checkpoint, run_files
 from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.step import optimizer_step
@@ -73,6 +75,7 @@ class WorkerPlan:
 
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
     """Ray Train entry point: build everything from the plan, then train."""
+    quiet_libraries()  # this worker's library loggers and known warnings (observability/logging.py)
     plan = WorkerPlan(**plan_dict)
     config = from_dict(ExperimentConfig, plan.config, prefix="")
     Trainer(config, plan).run()
@@ -182,6 +185,7 @@ class Trainer:
         if self.rank == 0 and not self.eval_history:
             self.evaluate(step=0)
         self.classes.request(self.start_step)
+        run_started = time.perf_counter()
         for step in range(self.start_step, steps):
             row = self.train_step(step)
             self._count_nonfinite(step, row)
@@ -191,11 +195,13 @@ class Trainer:
             should_checkpoint = _due(done, train.checkpoint_every) or last
             if self.rank == 0 and should_log:
                 run_files.append_jsonl(self.run_dir / run_files.METRICS, row)
-                print(
-                    f"step {done}/{steps}  loss {row['loss']:.4f}  {row['samples_per_second']:.0f} samples/s  "
-                    f"{row['step_seconds']:.3f} s/step  mined={row['mined']}",
-                    flush=True,
-                )
+                mined = row["mined"] if self.config.mining.enabled else None
+                elapsed = time.perf_counter() - run_started
+                line = format_step_line(
+                    done, steps, row["loss"], row["samples_per_second"], row["step_seconds"], elapsed, mined,
+                    start_step=self.start_step,
+                )  # fmt: skip
+                print(line, flush=True)
             if self.rank == 0 and (_due(done, train.eval_every) or last):
                 self.evaluate(step=done)
             if self.rank == 0 and last:
