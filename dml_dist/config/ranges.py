@@ -62,7 +62,6 @@ def _num(value: float) -> str:
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 SHARE = Range(0, 1)
-PORT = Range(0, 65535)
 
 RANGES: dict[str, Range] = {
     "data.procedural.num_classes": Range(2),
@@ -81,6 +80,7 @@ RANGES: dict[str, Range] = {
     "model.channels": POSITIVE,
     "model.embedding_dim": POSITIVE,
     "model.in_channels": Range(1, 3),
+    "model.pool_grid": NON_NEGATIVE,
     "mining.random_share": SHARE,
     "mining.warmup_coverage": SHARE,
     "mining.momentum": Range(0, 1, high_open=True),
@@ -112,7 +112,6 @@ RANGES: dict[str, Range] = {
     "eval.block_size": POSITIVE,
     "eval.gallery_queries": NON_NEGATIVE,
     "eval.gallery_top_k": POSITIVE,
-    "metrics.port": PORT,
 }
 """Dotted field name -> its range."""
 
