@@ -124,12 +124,23 @@ def class_sizes(labels_B: torch.Tensor, ref_labels_N: torch.Tensor) -> torch.Ten
     return counts[index.clamp_max(classes.numel() - 1)]
 
 
-def num_ordered_pairs(ref_labels_N: torch.Tensor) -> tuple[int, int]:
-    """(positive, negative) ordered pairs (i, j), i != j, over the whole reference set."""
+def num_ordered_pairs(ref_labels_N: torch.Tensor, num_anchors: int | None = None) -> tuple[int, int]:
+    """(positive, negative) ordered pairs (i, j), i != j, i a global anchor (the first
+    ``num_anchors`` rows, all by default) and j any reference row."""
     n = ref_labels_N.shape[0]
-    counts = torch.unique(ref_labels_N, return_counts=True)[1]
-    num_pos = int((counts * (counts - 1)).sum())
-    return num_pos, n * n - int((counts * counts).sum())
+    a = n if num_anchors is None else num_anchors
+    if a == n:
+        counts = torch.unique(ref_labels_N, return_counts=True)[1]
+        same = int((counts * counts).sum())
+    else:  # sum over classes of (anchors of the class) x (reference rows of the class)
+        same = int(class_sizes(ref_labels_N[:a], ref_labels_N).sum())
+    return same - a, a * n - same
+
+
+def holds_all_anchors(emb_BD: torch.Tensor, num_anchors: int) -> bool:
+    """True when this rank's anchors are all the global anchors (one process): normalizers over
+    the global anchors' pairs can then be read off the local values (``ref_anchors`` in ``base.py``)."""
+    return emb_BD.shape[0] == num_anchors
 
 
 # Exponents below this are clamped before exp: exp(-80) < 1e-34 is nothing next to the row's

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import is_whole, masked_max, masked_min, positive_index, prepare, squared_distances
+from dml_dist.losses.pairs import holds_all_anchors, masked_max, masked_min, positive_index, prepare, squared_distances
 
 MINING = ("all", "semihard", "hard")
 
@@ -106,10 +106,13 @@ class TripletLoss(MetricLoss):
             return terms.sum(), (terms > 0).sum()
         return _triplet_sums(dist_XN, index_XP, valid_XP, neg_XN, self.margin, self.mining == "semihard")
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         total, count = self._sums(self._distances(a_BD, r_ND), labels_B, ref_labels_N, ref_start)
-        if not is_whole(emb_BD, ref_ND):
+        if not holds_all_anchors(emb_BD, num_anchors):
             with torch.no_grad():
-                count = self._sums(self._distances(r_ND, r_ND), ref_labels_N, ref_labels_N, 0)[1]
+                anchors_AD, anchor_labels = r_ND[:num_anchors], ref_labels_N[:num_anchors]
+                count = self._sums(self._distances(anchors_AD, r_ND), anchor_labels, ref_labels_N, 0)[1]
         return total / count.clamp_min(1)
