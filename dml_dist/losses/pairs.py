@@ -8,8 +8,10 @@ pair by global index, so the same code serves one process (B = N, ref_start = 0)
 Normalizers that depend on the whole batch (numbers of pairs, numbers of non-zero terms, top-K
 thresholds, histograms) are computed from the reference set, which every rank holds: label-only
 counts directly, value-dependent ones under ``torch.no_grad`` on the N x N similarity of the
-reference set. When the anchors are the whole reference set (one process) the local values are
-reused instead (``is_whole``), so a single process pays nothing extra.
+reference set. When the anchors are all the global anchors (one process) the local values are
+reused instead (``holds_all_anchors``), so a single process pays nothing extra. With a
+cross-batch memory the global anchors are the first ``num_anchors`` reference rows and the
+normalizers run over (anchor, candidate) pairs (``base.py``).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def prepare(emb_BD: torch.Tensor, ref_ND: torch.Tensor, normalize: bool) -> tupl
 
 
 def is_whole(emb_BD: torch.Tensor, ref_ND: torch.Tensor) -> bool:
-    """True when the local anchors are the whole reference set (one process)."""
-    return emb_BD.shape[0] == ref_ND.shape[0]
+    """True when the candidates are the local anchors themselves, the same tensor (one process),
+    so values computed for the anchors serve the candidates too, gradients included. (A memory
+    term's candidates can have as many rows as the anchors and still be other, detached rows.)"""
+    return ref_ND is emb_BD
 
 
 def self_mask(num_rows: int, num_cols: int, row_start: int, device: torch.device) -> torch.Tensor:

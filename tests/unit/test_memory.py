@@ -228,10 +228,14 @@ def test_memory_term_matches_a_direct_loop_over_anchor_candidate_pairs(name: str
     torch.testing.assert_close(grad, grad_loop)
 
 
+@pytest.mark.parametrize("empty", [False, True])
 @pytest.mark.parametrize("name", MEMORY_LOSSES)
-def test_memory_term_shares_sum_to_the_one_process_term(name: str) -> None:
-    """Shares of 3 'ranks' of 4 anchors each, against the same candidates, sum to the whole."""
+def test_memory_term_shares_sum_to_the_one_process_term(name: str, empty: bool) -> None:
+    """Shares of 3 'ranks' of 4 anchors each, against the same candidates, sum to the whole; also
+    with the memory still empty (the candidates are then the batch's rows, detached)."""
     emb, labels, memory = _batch_and_memory(seed=5)
+    if empty:
+        memory = CrossBatchMemory(32, 6, dtype=torch.float64)
     params = {"k": 60} if name == "dro_topk" else {}
 
     def whole(x: torch.Tensor) -> torch.Tensor:
