@@ -14,7 +14,10 @@ raw features). Tests compare with pytorch-metric-learning's ``LiftedStructureLos
 
 Computation: the negative sums split per row, log(e^{LSE_i} + e^{LSE_j}) = logaddexp(LSE_i,
 LSE_j), so only the rows of the local anchors and of their positives are needed: about
-2 B x N x D for K = 2 images per class.
+2 B x N x D for K = 2 images per class. With a cross-batch memory (``memory.py``) a positive j
+may be a memory row; its negatives are then taken over all candidates too, so the memory term
+costs (B + the anchors' distinct positives) x C x D: several times B x C x D, as a memory holds
+several older rows of each anchor's class.
 """
 
 from __future__ import annotations

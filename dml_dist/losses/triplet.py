@@ -27,7 +27,8 @@ with c_ap the number of active negatives of (a, p) and c_an the number of active
 (a, n). The counts are found without gradient, one positive slot at a time (``positive_index``:
 P = the largest number of positives, 1 for N-pair batches, 4 for 5 images per class): a comparison of the
 anchor's negative distances with d_ap + alpha (and d_ap, for semi-hard). Work B x N x P, memory
-B x N, and the autograd graph is one weighted sum of the distances.
+B x N, and the autograd graph is one weighted sum of the distances. With a cross-batch memory
+(``memory.py``) P is the number of an anchor's rows in the memory, several, and so is the cost.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ Defaults: lambda = 0.002, no temperature. No pytorch-metric-learning counterpart
 against a direct loop over the formula.
 
 Computation: log(1 + sum_k exp(s_ik - s_ip)) = softplus(LSE_k(s_ik) - s_ip), so one masked
-log-sum-exp per anchor row. Work B x N x D.
+log-sum-exp per anchor row. Work B x N x D. With a cross-batch memory (``memory.py``) the
+positive f_p may be a memory row: its norm enters the penalty as a constant.
 """
 
 from __future__ import annotations

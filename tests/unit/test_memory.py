@@ -302,3 +302,13 @@ def test_config_rejects_losses_that_take_no_memory_and_bad_fields() -> None:
     with pytest.raises(ValueError, match="memory: NPairMCLoss takes no memory"):
         emb, labels = _rows(6)
         build_loss("npair_mc")(emb, labels, torch.cat([emb, emb]), torch.cat([labels, labels]), ref_anchors=6)
+
+
+def test_memory_bench_rows_cover_the_losses_that_take_memory() -> None:
+    from dml_dist.bench.losses import VARIANTS, run_memory_bench
+
+    rows = run_memory_bench([16], [64], repeats=1)
+    expected = [name for name, registry, params in VARIANTS if build_loss(registry, **params).takes_memory]
+    assert [r["loss"] for r in rows] == expected and "npair_mc" not in expected
+    for row in rows:
+        assert row["memory_bytes"] == 64 * 512 * 4 + 2 * 64 * 8 and row["ours_over_floor"] > 0, row
