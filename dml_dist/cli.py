@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--sizes", default="128,320,1000", help="losses: comma-separated N")
     bench.add_argument("--repeats", type=int, default=7, help="losses: timed repeats per case")
+    bench.add_argument(
+        "--memory-sizes", default="8192", help="losses: cross-batch memory sizes M (comma-separated, '' = none)"
+    )
     bench.add_argument("--chunk-size", type=int, default=100, help="scaling: GradCache chunk of the chunked case")
     bench.add_argument("--images", help="data: image folder or .zip (default: the Omniglot zip, else procedural)")
     bench.add_argument("--loader-workers", type=int, default=0, help="data: DataLoader workers (0 = in-process)")
@@ -402,7 +405,8 @@ def run_bench_suite(args: argparse.Namespace) -> dict:
     if args.suite == "losses":
         from dml_dist.bench.losses import run_loss_bench
 
-        return run_loss_bench([int(s) for s in args.sizes.split(",")], repeats=args.repeats)
+        memory_sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+        return run_loss_bench([int(s) for s in args.sizes.split(",")], args.repeats, memory_sizes)
     if args.suite == "scaling":
         from dml_dist.bench.scaling import run_scaling_bench
 

@@ -279,6 +279,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    memory: MemoryConfig = field(default_factory=lambda: MemoryConfig())
 
     def validate(self) -> None:
         """Check field ranges and cross-field rules; raise ``ValueError`` naming the field."""
@@ -343,7 +344,11 @@ class ExperimentConfig:
                 f"data.procedural.num_test_classes: expected between 1 and num_classes - 1 "
                 f"({proc.num_classes - 1}), got {proc.num_test_classes}"
             )
+<<<<<<< HEAD
         check_ranges(self)  # every numeric field's own range (config/ranges.py)
+=======
+        self.memory.validate(self.loss, self.batch.num_classes * self.batch.images_per_class)
+>>>>>>> h-memory
 
     def _validate_data_loading(self) -> None:
         data = self.data
@@ -383,3 +388,37 @@ def _positive(name: str, value: int) -> None:
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise ValueError(f"{name}: expected at least {low}, got {value}")
+
+
+@dataclass
+class MemoryConfig:
+    """Cross-batch memory (XBM, Wang et al. CVPR 2020): the last M global embeddings as extra
+    candidates without gradient (``dml_dist/losses/memory.py``). Off by default."""
+
+    size: int = 0
+    """M: rows kept, the newest rows of the global batches (the current batch's among them); 0 = off."""
+    weight: float = 1.0
+    """w: the loss is L(batch vs batch) + w * L(batch vs memory), as XBM (1 in its configs)."""
+    start_step: int = 0
+    """First step (0-based) that writes and uses the memory; XBM starts after 1,000-2,000 of
+    35,000 iterations, once embeddings drift slowly."""
+
+    def validate(self, loss: LossConfig, global_batch: int) -> None:
+        """Ranges of the memory fields, and whether the loss takes memory; ``ValueError`` naming the field."""
+        if self.size < 0:
+            raise ValueError(f"memory.size: expected 0 (off) or a number of rows, got {self.size}")
+        if self.weight < 0:
+            raise ValueError(f"memory.weight: expected 0 or more, got {self.weight}")
+        if self.start_step < 0:
+            raise ValueError(f"memory.start_step: expected 0 or more, got {self.start_step}")
+        if self.size == 0:
+            return
+        if self.size < global_batch:
+            raise ValueError(
+                f"memory.size: expected 0 or at least the global batch of {global_batch} rows, got {self.size}"
+            )
+        from dml_dist.losses.registry import build_loss
+
+        built = build_loss(loss.name, **loss.params)
+        if not built.takes_memory:
+            raise ValueError(f"memory: loss {loss.name} takes no memory: {built.memory_refusal}")

@@ -52,8 +52,12 @@ class AngularLoss(MetricLoss):
         self.alpha, self.with_npair, self.angular_weight = alpha, with_npair, angular_weight
         self.sq_tan = math.tan(math.radians(alpha)) ** 2
         self.npair = NPairMCLoss(l2_reg=l2_reg) if with_npair else None
+        self.takes_memory = not with_npair
+        self.memory_refusal = "with_npair adds N-pair-mc, which takes no memory; set loss.with_npair: false"
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         anchor_B, positive_N = torch.nonzero(pos_BN, as_tuple=True)  # pairs (anchor, positive), [Q]
@@ -64,7 +68,8 @@ class AngularLoss(MetricLoss):
                 1, keepdim=True
             )
             terms = F.softplus(masked_logsumexp(f_QN, neg_BN[anchor_B]))
-            loss = terms.sum() / max(num_ordered_pairs(ref_labels_N)[0], 1)
+            loss = terms.sum() / max(num_ordered_pairs(ref_labels_N, num_anchors)[0], 1)
         if self.npair is not None:
-            return self.npair.compute(emb_BD, labels_B, ref_ND, ref_labels_N, ref_start) + self.angular_weight * loss
+            npair = self.npair.compute(emb_BD, labels_B, ref_ND, ref_labels_N, ref_start, num_anchors)
+            return npair + self.angular_weight * loss
         return loss

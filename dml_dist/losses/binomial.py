@@ -31,11 +31,13 @@ class BinomialDevianceLoss(MetricLoss):
         super().__init__()
         self.alpha, self.beta, self.cost = alpha, beta, cost
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = similarities(a_BD, r_ND)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
-        num_pos, num_neg = num_ordered_pairs(ref_labels_N)
+        num_pos, num_neg = num_ordered_pairs(ref_labels_N, num_anchors)
         pos = (F.softplus(-self.alpha * (sim_BN - self.beta)) * pos_BN).sum() / max(num_pos, 1)
         neg = (F.softplus(self.alpha * self.cost * (sim_BN - self.beta)) * neg_BN).sum() / max(num_neg, 1)
         return pos + neg

@@ -28,7 +28,7 @@ from dml_dist.losses.base import MetricLoss
 from dml_dist.losses.pairs import (
     euclidean_from_sq,
     factor,
-    is_whole,
+    holds_all_anchors,
     label_masks,
     num_ordered_pairs,
     prepare,
@@ -70,20 +70,22 @@ class ContrastiveLoss(MetricLoss):
             return pos_t, neg_t
         return pos_t.pow(self.power) / self.power, neg_t.pow(self.power) / self.power
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         dist_BN = euclidean_from_sq(squared_distances(a_BD, r_ND, self.normalize))
         pos_t, neg_t = self._terms(dist_BN, pos_BN, neg_BN)
         if self.reduction == "mean":
-            num_pos, num_neg = num_ordered_pairs(ref_labels_N)
+            num_pos, num_neg = num_ordered_pairs(ref_labels_N, num_anchors)
             return (pos_t.sum() + neg_t.sum()) / max(num_pos + num_neg, 1)
-        if is_whole(emb_BD, ref_ND):
+        if holds_all_anchors(emb_BD, num_anchors):
             nnz_pos, nnz_neg = (pos_t > 0).sum(), (neg_t > 0).sum()
         else:
             with torch.no_grad():
-                all_pos, all_neg = label_masks(ref_labels_N, ref_labels_N, 0)
-                all_dist = euclidean_from_sq(squared_distances(r_ND, r_ND, self.normalize))
+                all_pos, all_neg = label_masks(ref_labels_N[:num_anchors], ref_labels_N, 0)
+                all_dist = euclidean_from_sq(squared_distances(r_ND[:num_anchors], r_ND, self.normalize))
                 p, n = self._terms(all_dist, all_pos, all_neg)
                 nnz_pos, nnz_neg = (p > 0).sum(), (n > 0).sum()
         return pos_t.sum() / nnz_pos.clamp_min(1) + neg_t.sum() / nnz_neg.clamp_min(1)

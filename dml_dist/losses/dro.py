@@ -44,7 +44,7 @@ from dml_dist.losses.base import MetricLoss
 from dml_dist.losses.pairs import (
     EXP_FLOOR,
     factor,
-    is_whole,
+    holds_all_anchors,
     label_masks,
     masked_logsumexp,
     neg_outside,
@@ -85,16 +85,18 @@ class _DROBase(MetricLoss):
         is_pos_f = factor(is_pos, sim)
         return pos * is_pos_f + neg * (1 - is_pos_f)
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         loss_BN = self.pair_losses(similarities(a_BD, r_ND), pos_BN)
         with torch.no_grad():
-            if is_whole(emb_BD, ref_ND):
+            if holds_all_anchors(emb_BD, num_anchors):
                 all_loss, all_pos, all_neg = loss_BN.detach(), pos_BN, neg_BN
             else:
-                all_pos, all_neg = label_masks(ref_labels_N, ref_labels_N, 0)
-                all_loss = self.pair_losses(r_ND @ r_ND.T, all_pos)
+                all_pos, all_neg = label_masks(ref_labels_N[:num_anchors], ref_labels_N, 0)
+                all_loss = self.pair_losses(r_ND[:num_anchors] @ r_ND.T, all_pos)
         return self.weighted_sum(loss_BN, pos_BN, neg_BN, all_loss, all_pos, all_neg)
 
     def weighted_sum(

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import factor, is_whole, prepare, similarities
+from dml_dist.losses.pairs import factor, holds_all_anchors, prepare, similarities
 
 
 def _upper_masks(labels_B: Tensor, ref_labels_N: Tensor, row_start: int) -> tuple[Tensor, Tensor]:
@@ -78,17 +78,19 @@ class HistogramLoss(MetricLoss):
         density.scatter_add_(0, left.flatten() + 1, right_mass.flatten())
         return density / count
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = similarities(a_BD, r_ND).clamp(-1, 1)
         pos_BN, neg_BN = _upper_masks(labels_B, ref_labels_N, ref_start)
-        whole = is_whole(emb_BD, ref_ND)
+        whole = holds_all_anchors(emb_BD, num_anchors)
         with torch.no_grad():
             if whole:
                 all_sim, all_pos, all_neg = sim_BN.detach(), pos_BN, neg_BN
             else:
-                all_sim = (r_ND @ r_ND.T).clamp(-1, 1)
-                all_pos, all_neg = _upper_masks(ref_labels_N, ref_labels_N, 0)
+                all_sim = (r_ND[:num_anchors] @ r_ND.T).clamp(-1, 1)
+                all_pos, all_neg = _upper_masks(ref_labels_N[:num_anchors], ref_labels_N, 0)
             num_pos, num_neg = int(all_pos.sum()), int(all_neg.sum())
         if num_pos == 0 or num_neg == 0:
             return (sim_BN * 0.0).sum()

@@ -14,7 +14,10 @@ raw features). Tests compare with pytorch-metric-learning's ``LiftedStructureLos
 
 Computation: the negative sums split per row, log(e^{LSE_i} + e^{LSE_j}) = logaddexp(LSE_i,
 LSE_j), so only the rows of the local anchors and of their positives are needed: about
-2 B x N x D for K = 2 images per class.
+2 B x N x D for K = 2 images per class. With a cross-batch memory (``memory.py``) a positive j
+may be a memory row; its negatives are then taken over all candidates too, so the memory term
+costs (B + the anchors' distinct positives) x C x D: several times B x C x D, as a memory holds
+several older rows of each anchor's class.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ class LiftedStructureLoss(MetricLoss):
         dist_XN = euclidean_from_sq(squared_distances(x_XD, r_ND, self.normalize))
         return masked_logsumexp(self.margin - dist_XN, labels_X[:, None] != ref_labels_N[None, :])
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         dist_BN = euclidean_from_sq(squared_distances(a_BD, r_ND, self.normalize))
@@ -66,4 +71,4 @@ class LiftedStructureLoss(MetricLoss):
         index_BP, valid_BP = positive_index(labels_B, ref_labels_N, ref_start)
         j_BP = torch.logaddexp(lse_B[:, None], lse_N[index_BP]) + dist_BN.gather(1, index_BP)
         terms = (torch.relu(j_BP).pow(2) * valid_BP).sum() / 2
-        return terms / max(num_ordered_pairs(ref_labels_N)[0], 1)
+        return terms / max(num_ordered_pairs(ref_labels_N, num_anchors)[0], 1)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import euclidean_from_sq, factor, is_whole, label_masks, prepare, squared_distances
+from dml_dist.losses.pairs import euclidean_from_sq, factor, holds_all_anchors, label_masks, prepare, squared_distances
 
 
 class MarginLoss(MetricLoss):
@@ -71,17 +71,20 @@ class MarginLoss(MetricLoss):
         beta = self.beta.to(torch.float32) if self.beta.dtype in (torch.float16, torch.bfloat16) else self.beta
         return (beta[labels_X] if self.per_class else beta.expand(labels_X.shape[0]))[:, None]
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         dist_BN = euclidean_from_sq(squared_distances(a_BD, r_ND, True))
         beta_B1 = self._betas(labels_B).to(dist_BN.dtype)
         total, count, triplets_B = self._terms(dist_BN, pos_BN, neg_BN, beta_B1)
-        if not is_whole(emb_BD, ref_ND):
+        if not holds_all_anchors(emb_BD, num_anchors):
             with torch.no_grad():
-                all_pos, all_neg = label_masks(ref_labels_N, ref_labels_N, 0)
-                all_dist = euclidean_from_sq(squared_distances(r_ND, r_ND, True))
-                count = self._terms(all_dist, all_pos, all_neg, self._betas(ref_labels_N).to(all_dist.dtype))[1]
+                anchor_labels = ref_labels_N[:num_anchors]
+                all_pos, all_neg = label_masks(anchor_labels, ref_labels_N, 0)
+                all_dist = euclidean_from_sq(squared_distances(r_ND[:num_anchors], r_ND, True))
+                count = self._terms(all_dist, all_pos, all_neg, self._betas(anchor_labels).to(all_dist.dtype))[1]
         loss = total / count.clamp_min(1)
         if self.nu != 0:
             if self.per_class:

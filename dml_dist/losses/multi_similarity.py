@@ -56,7 +56,9 @@ class MultiSimilarityLoss(MetricLoss):
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
         self.mining, self.skip_one_sided = mining, skip_one_sided
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, True)
         sim_BN = similarities(a_BD, r_ND)
         index_BP, pos_BP = positive_index(labels_B, ref_labels_N, ref_start)
@@ -73,4 +75,4 @@ class MultiSimilarityLoss(MetricLoss):
         terms_B = pos_term_B + neg_term_B
         if self.skip_one_sided:
             terms_B = terms_B * (pos_BP.any(dim=1) & (torch.count_nonzero(neg_BN, dim=1) > 0))
-        return terms_B.sum() / ref_ND.shape[0]
+        return terms_B.sum() / num_anchors

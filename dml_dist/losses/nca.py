@@ -41,7 +41,9 @@ class NCALoss(MetricLoss):
             raise ValueError(f"loss.scale: expected > 0, got {scale}")
         self.scale, self.normalize = scale, normalize
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         logits_BN = (2 * self.scale) * similarities(a_BD, r_ND)
         if not self.normalize:  # unit norms make |f_j|^2 a constant too
@@ -50,5 +52,5 @@ class NCALoss(MetricLoss):
         others_BN = ~self_mask(labels_B.shape[0], ref_labels_N.shape[0], ref_start, labels_B.device)
         has_pos_B = pos_BP.any(dim=1)
         log_p_B = masked_logsumexp(logits_BN.gather(1, index_BP), pos_BP) - masked_logsumexp(logits_BN, others_BN)
-        num_anchors = int((class_sizes(ref_labels_N, ref_labels_N) > 1).sum())
-        return -(log_p_B * has_pos_B).sum() / max(num_anchors, 1)
+        num_with_pos = int((class_sizes(ref_labels_N[:num_anchors], ref_labels_N) > 1).sum())
+        return -(log_p_B * has_pos_B).sum() / max(num_with_pos, 1)

@@ -68,6 +68,12 @@ class NPairMCLoss(MetricLoss):
         temperature: if set, similarities are cosine / temperature instead of dot products.
     """
 
+    takes_memory = False
+    memory_refusal = (
+        "its candidates are the second rows of the batch's class pairs (Sohn's N-pair construction), "
+        "and memory entries are not pairs; use loss.name: tuplet, its all-pairs form, which takes memory"
+    )
+
     def __init__(self, l2_reg: float = 0.002, temperature: float | None = None):
         super().__init__()
         check_npair_params(l2_reg, temperature)
@@ -104,6 +110,7 @@ class NPairMCLoss(MetricLoss):
         ref_ND: torch.Tensor,
         ref_labels_N: torch.Tensor,
         ref_start: int,
+        num_anchors: int,
     ) -> torch.Tensor:
         logits_AP, targets_A, anchor_rows_P, positive_rows_P = self._logits(emb_BD, ref_ND, ref_labels_N, ref_start)
         num_pairs = anchor_rows_P.numel()

@@ -8,8 +8,10 @@ pair by global index, so the same code serves one process (B = N, ref_start = 0)
 Normalizers that depend on the whole batch (numbers of pairs, numbers of non-zero terms, top-K
 thresholds, histograms) are computed from the reference set, which every rank holds: label-only
 counts directly, value-dependent ones under ``torch.no_grad`` on the N x N similarity of the
-reference set. When the anchors are the whole reference set (one process) the local values are
-reused instead (``is_whole``), so a single process pays nothing extra.
+reference set. When the anchors are all the global anchors (one process) the local values are
+reused instead (``holds_all_anchors``), so a single process pays nothing extra. With a
+cross-batch memory the global anchors are the first ``num_anchors`` reference rows and the
+normalizers run over (anchor, candidate) pairs (``base.py``).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def prepare(emb_BD: torch.Tensor, ref_ND: torch.Tensor, normalize: bool) -> tupl
 
 
 def is_whole(emb_BD: torch.Tensor, ref_ND: torch.Tensor) -> bool:
-    """True when the local anchors are the whole reference set (one process)."""
-    return emb_BD.shape[0] == ref_ND.shape[0]
+    """True when the candidates are the local anchors themselves, the same tensor (one process),
+    so values computed for the anchors serve the candidates too, gradients included. (A memory
+    term's candidates can have as many rows as the anchors and still be other, detached rows.)"""
+    return ref_ND is emb_BD
 
 
 def self_mask(num_rows: int, num_cols: int, row_start: int, device: torch.device) -> torch.Tensor:
@@ -124,18 +128,33 @@ def class_sizes(labels_B: torch.Tensor, ref_labels_N: torch.Tensor) -> torch.Ten
     return counts[index.clamp_max(classes.numel() - 1)]
 
 
-def num_ordered_pairs(ref_labels_N: torch.Tensor) -> tuple[int, int]:
-    """(positive, negative) ordered pairs (i, j), i != j, over the whole reference set."""
+def num_ordered_pairs(ref_labels_N: torch.Tensor, num_anchors: int | None = None) -> tuple[int, int]:
+    """(positive, negative) ordered pairs (i, j), i != j, i a global anchor (the first
+    ``num_anchors`` rows, all by default) and j any reference row."""
     n = ref_labels_N.shape[0]
-    counts = torch.unique(ref_labels_N, return_counts=True)[1]
-    num_pos = int((counts * (counts - 1)).sum())
-    return num_pos, n * n - int((counts * counts).sum())
+    a = n if num_anchors is None else num_anchors
+    if a == n:
+        counts = torch.unique(ref_labels_N, return_counts=True)[1]
+        same = int((counts * counts).sum())
+    else:  # sum over classes of (anchors of the class) x (reference rows of the class)
+        same = int(class_sizes(ref_labels_N[:a], ref_labels_N).sum())
+    return same - a, a * n - same
 
 
-# Exponents below this are clamped before exp: exp(-80) < 1e-34 is nothing next to the row's
+def holds_all_anchors(emb_BD: torch.Tensor, num_anchors: int) -> bool:
+    """True when this rank's anchors are all the global anchors (one process): normalizers over
+    the global anchors' pairs can then be read off the local values (``ref_anchors`` in ``base.py``)."""
+    return emb_BD.shape[0] == num_anchors
+
+
+# Exponents below this are clamped before exp: exp(-60) < 1e-26 is nothing next to the row's
 # largest term (1), and CPU exp is 5 to 30 times slower on arguments whose result underflows
 # (below about -87), which masked entries and far-away pairs of an N x N matrix mostly are.
-EXP_FLOOR = -80.0
+# -60 rather than -80: the saved softmax of such entries, times a gradient scaled by a pair
+# count (1e-4 and less), must stay above fp32's smallest normal number (1.2e-38); denormal
+# gradients make the backward matmul 5 to 10x slower on CPU (a 1000 x 9192 memory term:
+# 13.9 s against 1.2 s, torch 2.13, 2 threads).
+EXP_FLOOR = -60.0
 
 
 class _MaskedLogSumExp(torch.autograd.Function):

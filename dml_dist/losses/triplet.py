@@ -27,7 +27,8 @@ with c_ap the number of active negatives of (a, p) and c_an the number of active
 (a, n). The counts are found without gradient, one positive slot at a time (``positive_index``:
 P = the largest number of positives, 1 for N-pair batches, 4 for 5 images per class): a comparison of the
 anchor's negative distances with d_ap + alpha (and d_ap, for semi-hard). Work B x N x P, memory
-B x N, and the autograd graph is one weighted sum of the distances.
+B x N, and the autograd graph is one weighted sum of the distances. With a cross-batch memory
+(``memory.py``) P is the number of an anchor's rows in the memory, several, and so is the cost.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor
 
 from dml_dist.losses.base import MetricLoss
-from dml_dist.losses.pairs import is_whole, masked_max, masked_min, positive_index, prepare, squared_distances
+from dml_dist.losses.pairs import holds_all_anchors, masked_max, masked_min, positive_index, prepare, squared_distances
 
 MINING = ("all", "semihard", "hard")
 
@@ -106,10 +107,13 @@ class TripletLoss(MetricLoss):
             return terms.sum(), (terms > 0).sum()
         return _triplet_sums(dist_XN, index_XP, valid_XP, neg_XN, self.margin, self.mining == "semihard")
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.normalize)
         total, count = self._sums(self._distances(a_BD, r_ND), labels_B, ref_labels_N, ref_start)
-        if not is_whole(emb_BD, ref_ND):
+        if not holds_all_anchors(emb_BD, num_anchors):
             with torch.no_grad():
-                count = self._sums(self._distances(r_ND, r_ND), ref_labels_N, ref_labels_N, 0)[1]
+                anchors_AD, anchor_labels = r_ND[:num_anchors], ref_labels_N[:num_anchors]
+                count = self._sums(self._distances(anchors_AD, r_ND), anchor_labels, ref_labels_N, 0)[1]
         return total / count.clamp_min(1)

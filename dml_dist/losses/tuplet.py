@@ -19,7 +19,8 @@ Defaults: lambda = 0.002, no temperature. No pytorch-metric-learning counterpart
 against a direct loop over the formula.
 
 Computation: log(1 + sum_k exp(s_ik - s_ip)) = softplus(LSE_k(s_ik) - s_ip), so one masked
-log-sum-exp per anchor row. Work B x N x D.
+log-sum-exp per anchor row. Work B x N x D. With a cross-batch memory (``memory.py``) the
+positive f_p may be a memory row: its norm enters the penalty as a constant.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class TupletLoss(MetricLoss):
         check_npair_params(l2_reg, temperature)
         self.l2_reg, self.temperature = l2_reg, temperature
 
-    def compute(self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int) -> Tensor:
+    def compute(
+        self, emb_BD: Tensor, labels_B: Tensor, ref_ND: Tensor, ref_labels_N: Tensor, ref_start: int, num_anchors: int
+    ) -> Tensor:
         a_BD, r_ND = prepare(emb_BD, ref_ND, self.temperature is not None)
         sim_BN = similarities(a_BD, r_ND)
         if self.temperature is not None:
@@ -61,10 +64,16 @@ class TupletLoss(MetricLoss):
         pos_BN, neg_BN = label_masks(labels_B, ref_labels_N, ref_start)
         neg_lse_B1 = masked_logsumexp(sim_BN, neg_BN)[:, None]
         terms = (F.softplus(neg_lse_B1 - sim_BN) * pos_BN).sum()
-        num_pos = max(num_ordered_pairs(ref_labels_N)[0], 1)
+        num_pos = max(num_ordered_pairs(ref_labels_N, num_anchors)[0], 1)
         if self.l2_reg > 0:
-            # Each row appears as the anchor of (size - 1) pairs and as the positive of as many.
             raw_BD = at_least_fp32(emb_BD)
             num_partners_B = class_sizes(labels_B, ref_labels_N) - 1
-            terms = terms + self.l2_reg / 4 * 2 * (num_partners_B * raw_BD.pow(2).sum(1)).sum()
+            anchor_norms = (num_partners_B * raw_BD.pow(2).sum(1)).sum()
+            if num_anchors == ref_ND.shape[0]:
+                # Each row is the anchor of (size - 1) pairs and the positive of as many.
+                terms = terms + self.l2_reg / 4 * 2 * anchor_norms
+            else:  # memory candidates are positives but never anchors: their norms one by one
+                norms_N = at_least_fp32(ref_ND).pow(2).sum(1)
+                positive_norms = (norms_N[None, :] * pos_BN).sum()
+                terms = terms + self.l2_reg / 4 * (anchor_norms + positive_norms)
         return terms / num_pos
