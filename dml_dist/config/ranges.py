@@ -112,6 +112,9 @@ RANGES: dict[str, Range] = {
     "eval.block_size": POSITIVE,
     "eval.gallery_queries": NON_NEGATIVE,
     "eval.gallery_top_k": POSITIVE,
+    "memory.size": NON_NEGATIVE,
+    "memory.weight": NON_NEGATIVE,
+    "memory.start_step": NON_NEGATIVE,
 }
 """Dotted field name -> its range."""
 

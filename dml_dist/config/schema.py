@@ -344,11 +344,8 @@ class ExperimentConfig:
                 f"data.procedural.num_test_classes: expected between 1 and num_classes - 1 "
                 f"({proc.num_classes - 1}), got {proc.num_test_classes}"
             )
-<<<<<<< HEAD
         check_ranges(self)  # every numeric field's own range (config/ranges.py)
-=======
         self.memory.validate(self.loss, self.batch.num_classes * self.batch.images_per_class)
->>>>>>> h-memory
 
     def _validate_data_loading(self) -> None:
         data = self.data
