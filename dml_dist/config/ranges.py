@@ -112,6 +112,8 @@ RANGES: dict[str, Range] = {
     "eval.block_size": POSITIVE,
     "eval.gallery_queries": NON_NEGATIVE,
     "eval.gallery_top_k": POSITIVE,
+    "engine.warmup_steps": NON_NEGATIVE,
+    "engine.min_lr_ratio": SHARE,
     "memory.size": NON_NEGATIVE,
     "memory.weight": NON_NEGATIVE,
     "memory.start_step": NON_NEGATIVE,

@@ -177,6 +177,17 @@ class EngineConfig:
     """Scale ``lr`` with the batch: ``none``, ``linear`` (lr * N / lr_reference_classes) or ``sqrt``."""
     lr_reference_classes: int = 320
     """The N at which ``lr`` was tuned (the reference of ``lr_scaling``)."""
+    schedule: str = "constant"
+    """Learning-rate schedule over ``train.steps`` (DeepSpeed's schedulers): ``constant``,
+    ``warmup_cosine`` (linear warm-up, then cosine down to ``min_lr_ratio`` x lr) or
+    ``warmup_linear`` (linear warm-up, then linear decay to 0)."""
+    warmup_steps: int = 0
+    """Steps of linear warm-up from 0 to lr (``warmup_cosine``, ``warmup_linear``)."""
+    min_lr_ratio: float = 0.0
+    """``warmup_cosine``: the final learning rate as a fraction of lr."""
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    """Any DeepSpeed config keys (offload, activation checkpointing, ...), merged last into the
+    generated DeepSpeed config (nested mappings merge key by key)."""
 
     def scaled_lr(self, num_classes: int) -> float:
         """The learning rate for a global batch of ``num_classes`` classes."""
@@ -318,6 +329,15 @@ class ExperimentConfig:
         if self.engine.optimizer.lower() not in DEEPSPEED_OPTIMIZERS:
             raise ValueError(
                 f"engine.optimizer: unknown optimizer {self.engine.optimizer!r}; valid: {', '.join(DEEPSPEED_OPTIMIZERS)}"
+            )
+        if self.engine.schedule not in ("constant", "warmup_cosine", "warmup_linear"):
+            raise ValueError(
+                f"engine.schedule: expected constant, warmup_cosine or warmup_linear, got {self.engine.schedule!r}"
+            )
+        if self.engine.warmup_steps >= self.train.steps and self.engine.schedule != "constant":
+            raise ValueError(
+                f"engine.warmup_steps: {self.engine.warmup_steps} warm-up steps leave no decay within "
+                f"train.steps={self.train.steps}"
             )
         if self.engine.lr_scaling not in ("none", "linear", "sqrt"):
             raise ValueError(f"engine.lr_scaling: expected none, linear or sqrt, got {self.engine.lr_scaling!r}")

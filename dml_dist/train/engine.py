@@ -6,6 +6,15 @@ implementation (``torch_adam``) rather than compiling DeepSpeed's fused kernel.
 Console: DeepSpeed's own logger stays at its default (WARNING); the one line it prints with a
 bare ``print`` while ``initialize`` loads its shared-memory op ("DeepSpeed ... built
 successfully", from every worker) is dropped, and anything else it prints is passed on.
+
+Schedule: DeepSpeed's own schedulers, stepped by ``engine.step()`` and saved in its
+checkpoints (so a resumed run continues the schedule). With T = ``train.steps``,
+w = ``warmup_steps``, r = ``min_lr_ratio`` and k = max(t - 1, 0) the scheduler's position when
+optimizer step t = 0, 1, ... runs (DeepSpeed's schedulers start at 0 and advance after a step):
+- ``warmup_cosine`` (``WarmupCosineLR``): lr * k / w during warm-up (k < w), then
+  lr * (r + (1 - r) * (1 + cos(pi * (k - w + 1) / (T - w))) / 2) (tested);
+- ``warmup_linear`` (``WarmupDecayLR``): lr * k / w, then linear decay to 0 at step T.
+``engine.deepspeed`` is merged last, key by key, so anything DeepSpeed takes can be set.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ def uses_bf16(config: EngineConfig, use_gpu: bool) -> bool:
 
 
 def deepspeed_config(
-    config: EngineConfig, micro_batch: int, use_gpu: bool, with_optimizer: bool = True
+    config: EngineConfig, micro_batch: int, use_gpu: bool, with_optimizer: bool = True, total_steps: int = 0
 ) -> dict[str, Any]:
-    """The DeepSpeed JSON config for one optimizer step per global batch."""
+    """The DeepSpeed JSON config for one optimizer step per global batch (``total_steps``: the
+    length of the learning-rate schedule)."""
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
@@ -46,7 +56,45 @@ def deepspeed_config(
         ds["optimizer"] = {"type": config.optimizer, "params": params}
     else:
         ds["zero_allow_untested_optimizer"] = True  # a client torch optimizer (tests: plain SGD)
-    return ds
+    scheduler = _scheduler(config, total_steps)
+    if scheduler is not None:
+        ds["scheduler"] = scheduler
+    return merge_config(ds, config.deepspeed)
+
+
+def _scheduler(config: EngineConfig, total_steps: int) -> dict[str, Any] | None:
+    if config.schedule == "constant":
+        return None
+    if total_steps <= config.warmup_steps:
+        raise ValueError(f"engine.schedule: {config.schedule} needs more than warmup_steps={config.warmup_steps} steps")
+    if config.schedule == "warmup_cosine":
+        params = {
+            "total_num_steps": total_steps,
+            "warmup_num_steps": config.warmup_steps,
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": config.min_lr_ratio,
+            "warmup_type": "linear",
+        }
+        return {"type": "WarmupCosineLR", "params": params}
+    params = {
+        "total_num_steps": total_steps,
+        "warmup_num_steps": config.warmup_steps,
+        "warmup_min_lr": 0.0,
+        "warmup_max_lr": config.lr,
+        "warmup_type": "linear",
+    }
+    return {"type": "WarmupDecayLR", "params": params}
+
+
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in: nested mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def build_engine(
@@ -56,6 +104,7 @@ def build_engine(
     use_gpu: bool,
     local_rank: int,
     optimizer: torch.optim.Optimizer | None = None,
+    total_steps: int = 0,
 ) -> Any:
     """Wrap ``model`` in a DeepSpeed engine on an already initialised process group.
 
@@ -71,7 +120,9 @@ def build_engine(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             optimizer=optimizer,
-            config=deepspeed_config(config, micro_batch, use_gpu, with_optimizer=optimizer is None),
+            config=deepspeed_config(
+                config, micro_batch, use_gpu, with_optimizer=optimizer is None, total_steps=total_steps
+            ),
             dist_init_required=False,
         )
     return engine

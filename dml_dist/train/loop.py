@@ -110,7 +110,9 @@ class Trainer:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         engine_config = dataclasses.replace(config.engine, lr=config.engine.scaled_lr(config.batch.num_classes))
         trained = EmbedderWithLoss(build_model(config.model), build_loss(config.loss.name, **config.loss.params))
-        self.engine = build_engine(trained, engine_config, self.local_batch, use_gpu, local_rank)
+        self.engine = build_engine(
+            trained, engine_config, self.local_batch, use_gpu, local_rank, total_steps=config.train.steps
+        )
         self.embedder = self.engine.module.embedder
         self.loss_fn = self.engine.module.loss
         self.classes = self._class_source()
