@@ -49,7 +49,8 @@ class DataConfig:
     channels: int = 1
     """1 = grayscale, 3 = RGB (natural images); must equal ``model.in_channels``."""
     augment: str = "none"
-    """Training augmentation: ``none``, or ``flip_crop`` (random resized crop + horizontal flip)."""
+    """Training augmentation: ``none``, ``flip_crop`` (random resized crop + horizontal flip, for
+    photos) or ``affine`` (random rotation, scale, shear and shift, for drawings and handwriting)."""
     loader_workers: int = 0
     """DataLoader worker processes that decode and augment; 0 = decode in the training process."""
     mode: str = "indexed"
@@ -378,8 +379,8 @@ class ExperimentConfig:
                 f"model.in_channels: the model takes {self.model.in_channels} channels but "
                 f"data.channels is {data.channels}; set both to the same value"
             )
-        if data.augment not in ("none", "flip_crop"):
-            raise ValueError(f"data.augment: expected none or flip_crop, got {data.augment!r}")
+        if data.augment not in ("none", "flip_crop", "affine"):
+            raise ValueError(f"data.augment: expected none, flip_crop or affine, got {data.augment!r}")
         if data.loader_workers < 0:
             raise ValueError(f"data.loader_workers: expected 0 or more, got {data.loader_workers}")
         if data.mode not in ("indexed", "streaming"):

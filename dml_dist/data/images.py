@@ -6,7 +6,10 @@ embedding see. ``flip_crop`` is the usual augmentation for natural images: a ran
 crop (area 8%..100% of the image, aspect ratio 3/4..4/3, as in Inception / torchvision's
 ``RandomResizedCrop``) and a horizontal flip with probability 1/2. The random choices come from
 the generator the caller passes, seeded per (step, row), so a batch is the same whichever
-process decodes it. JPEGs are decoded at reduced scale (``Image.draft``) when that is still at
+process decodes it. ``affine`` suits small drawings (handwriting, glyphs), whose classes a flip
+or a crop can change: the image resized to S x S, then a random affine map about its centre,
+rotation +-15 degrees, scale 0.85..1.15, shear +-10 degrees, shift +-10% of S, with the
+background (the median of the border pixels) filling what comes in from outside. JPEGs are decoded at reduced scale (``Image.draft``) when that is still at
 least S pixels on a side, which is most of the cost of decoding large photos.
 """
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-AUGMENTATIONS = ("none", "flip_crop")
+AUGMENTATIONS = ("none", "flip_crop", "affine")
 
 
 def decode_image(
@@ -38,6 +41,9 @@ def decode_image(
             converted = image.convert(mode)
             if converted.size != (image_size, image_size):
                 converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        elif augment == "affine":
+            assert rng is not None, "augmentation needs a random generator"
+            converted = _random_affine(image.convert(mode).resize((image_size, image_size)), rng)
         else:
             assert rng is not None, "augmentation needs a random generator"
             converted = image.convert(mode)
@@ -69,6 +75,34 @@ def image_problem(data: bytes) -> str | None:
     except Exception as err:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ... for bad data)
         return f"cannot be decoded ({type(err).__name__}: {err})"
     return None
+
+
+def _random_affine(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Rotate, scale, shear and shift about the centre; the border's median colour fills the gaps."""
+    size = image.size[0]
+    angle = math.radians(rng.uniform(-15.0, 15.0))
+    shear = math.radians(rng.uniform(-10.0, 10.0))
+    scale = rng.uniform(0.85, 1.15)
+    shift_x, shift_y = rng.uniform(-0.1, 0.1, size=2) * size
+    # forward map A = R(angle) @ Shear(shear) * scale; PIL wants the inverse (output -> input pixel)
+    a, b = math.cos(angle), -math.sin(angle + shear)
+    c, d = math.sin(angle), math.cos(angle + shear)
+    a, b, c, d = a * scale, b * scale, c * scale, d * scale
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    centre = (size - 1) / 2.0
+    out_x, out_y = centre + shift_x, centre + shift_y
+    coeffs = (ia, ib, centre - ia * out_x - ib * out_y, ic, id_, centre - ic * out_x - id_ * out_y)
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = tuple(int(v) for v in np.median(border, axis=0).reshape(-1))
+    return image.transform(
+        image.size,
+        Image.Transform.AFFINE,
+        coeffs,
+        Image.Resampling.BILINEAR,
+        fillcolor=fill[0] if len(fill) == 1 else fill,
+    )
 
 
 def _random_crop_box(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:

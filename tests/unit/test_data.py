@@ -270,7 +270,7 @@ def test_streaming_gives_each_rank_its_exact_share(tmp_path: Path, world_size: i
             assert not per_rank[0] & per_rank[1]
 
 
-@pytest.mark.parametrize("augment", ["none", "flip_crop"])
+@pytest.mark.parametrize("augment", ["none", "flip_crop", "affine"])
 def test_loader_output_equals_direct_decode(shard_dir: Path, augment: str) -> None:
     shards = IndexedShards(shard_dir)
     spec = DecodeSpec(10, 1, augment)
@@ -302,6 +302,27 @@ def test_rgb_decode_and_augmentation_shapes() -> None:
     assert plain.shape == (3, 16, 16) and plain.dtype == np.float32 and -1 <= plain.min() <= plain.max() <= 1
     aug = decode_image(data, 16, 3, "flip_crop", np.random.default_rng(0))
     assert aug.shape == (3, 16, 16)
+
+
+def test_affine_moves_a_drawing_and_fills_with_its_background() -> None:
+    """A dark square on white: after the affine map the corners are background and the ink keeps
+    its area within the scale range (0.85^2 .. 1.15^2), while the drawing moved."""
+    from PIL import Image
+
+    canvas = np.full((32, 32), 255, dtype=np.uint8)
+    canvas[12:20, 10:22] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    plain = decode_image(buffer.getvalue(), 32)
+    ink = (plain < 0).sum()
+    moved = 0
+    for seed in range(20):
+        out = decode_image(buffer.getvalue(), 32, 1, "affine", np.random.default_rng(seed))
+        assert out.shape == (1, 32, 32)
+        assert (out[0, [0, 0, -1, -1], [0, -1, 0, -1]] > 0.99).all()  # white fill
+        assert 0.6 * ink <= (out < 0).sum() <= 1.45 * ink
+        moved += not np.allclose(out, plain)
+    assert moved == 20
 
 
 # ----------------------------------------------------------------------------- formats
