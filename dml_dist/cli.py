@@ -212,7 +212,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jobs.set_defaults(func=cmd_jobs)
+
+    tune = add_command("tune", "search hyperparameters with Ray Tune; every trial is a training run")
+    tune.add_argument("config", help="experiment YAML, or a shipped config's name")
+    tune.add_argument(
+        "--space", required=True, help="YAML: dotted config key -> {loguniform|uniform|choice|randint: ...}"
+    )
+    tune.add_argument("--trials", type=int, default=8, help="trials sampled from the space")
+    tune.add_argument("--steps", type=int, help="optimizer steps of every trial (train.steps)")
+    tune.add_argument("--grace-steps", type=int, default=100, help="ASHA: steps before a trial may be stopped")
+    tune.add_argument("--storage", default=None, help="directory every node mounts (as for train)")
+    tune.add_argument("--out", default=None, help="output directory (default STORAGE/tune/<config name>)")
+    tune.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    tune.set_defaults(func=cmd_tune)
     return parser
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from dml_dist.config.loader import load_config
+    from dml_dist.config.schema import DataConfig
+    from dml_dist.train.storage import resolve_run_dir, resolve_storage
+    from dml_dist.tune import METRIC, results_table, run_tune
+
+    overrides = list(args.set) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    config = load_config(args.config, overrides)
+    storage = resolve_storage(args.storage, config)
+    if storage is not None:
+        overrides.append(f"train.storage={json.dumps(str(storage))}")
+        if config.data.cache_dir == DataConfig().cache_dir:
+            overrides.append(f"data.cache_dir={json.dumps(str(storage / 'data'))}")
+    out = resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage)
+    report = run_tune(args.config, overrides, args.space, args.trials, out, args.grace_steps, args.address)
+    keys = list(report["best"]["params"])
+    print(results_table(report["trials"], keys), end="")
+    print(f"best {METRIC} {report['best'][METRIC]:.4f} with {report['best']['params']}")
+    print(f"best config: {out / 'best.yaml'} (dml-dist train {out / 'best.yaml'}); results in {out}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -67,13 +67,18 @@ def init_ray(address: str | None, cpus: int) -> None:
 
 
 def run_training(
-    config: ExperimentConfig, run_dir: Path, address: str | None = None, resume: bool = False
+    config: ExperimentConfig,
+    run_dir: Path,
+    address: str | None = None,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train as configured; returns the final figures (held-out Recall@K now and untrained,
     placement of the workers, mean samples/s, train time) from the trainer's ``Result``.
 
     ``resume`` continues the run in ``run_dir`` from its latest intact checkpoint; without it a
     run directory that already holds checkpoints is refused, so nothing written is overwritten.
+    ``callbacks`` are Ray Train callbacks (``dml-dist tune`` passes Ray Tune's report callback).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -136,6 +141,7 @@ def run_training(
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
             logging_config=LoggingConfig(log_level=library_level()),
+            callbacks=callbacks or [],
         ),
     )
     print(
