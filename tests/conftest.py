@@ -70,8 +70,11 @@ def _wait_http(url: str, seconds: float) -> None:
 
 
 @pytest.fixture(scope="session")
-def prometheus_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real Prometheus (Debian's package) on 127.0.0.1 with cluster/prometheus/prometheus.yml.
+def prometheus_server(ray_session, tmp_path_factory: pytest.TempPathFactory):
+    """A real Prometheus (Debian's package) on 127.0.0.1 with cluster/prometheus/prometheus.yml,
+    reading the discovery file of this session's own Ray instance: the shipped path,
+    /tmp/ray/prom_metrics_service_discovery.json, is a link to the newest Ray session on the
+    machine, which is another instance's while other Ray instances run here.
 
     Yields its base URL, or None when the binary is absent and DML_DIST_REQUIRE_PROMETHEUS is
     unset (``.ci/run`` installs it and sets that variable, so CI never skips).
@@ -84,10 +87,17 @@ def prometheus_server(tmp_path_factory: pytest.TempPathFactory):
         return
     port = _free_port()
     storage = tmp_path_factory.mktemp("prometheus")
+    from ray._private import worker
+
+    session_dir = Path(worker._global_node.get_session_dir_path())
+    shipped = (REPO / "cluster" / "prometheus" / "prometheus.yml").read_text()
+    config = storage / "prometheus.yml"
+    sd_file = session_dir / "prom_metrics_service_discovery.json"
+    config.write_text(shipped.replace("/tmp/ray/prom_metrics_service_discovery.json", str(sd_file)))
     proc = subprocess.Popen(
         [
             binary,
-            f"--config.file={REPO / 'cluster' / 'prometheus' / 'prometheus.yml'}",
+            f"--config.file={config}",
             f"--web.listen-address=127.0.0.1:{port}",
             f"--storage.tsdb.path={storage}",
         ],
