@@ -92,6 +92,8 @@ def test_state_dict_resumes_the_same_memory() -> None:
         CrossBatchMemory(16, 4).load_state_dict(memory.state_dict())
     with pytest.raises(ValueError, match="memory.size"):
         NoMemory().load_state_dict(memory.state_dict())
+    with pytest.raises(ValueError, match="memory.size: the checkpoint holds no memory"):
+        memory.load_state_dict(NoMemory().state_dict())
 
 
 def test_nbytes_and_build_memory() -> None:
