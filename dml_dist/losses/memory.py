@@ -43,7 +43,20 @@ single-process loss with the same memory, gradients included (tests/distributed)
 
 Memory: M x D fp32 embeddings + M int64 labels + M int64 steps per rank (``nbytes``): 16.9 MB
 for M = 8,192, D = 512. Work: the memory term is B x M x D on each rank, beside the batch term's
-B x N x D.
+B x N x D; losses whose normalizers depend on values (triplet, margin, histogram, DRO,
+contrastive with ``reduction="nonzero"``) also compute N x M x D without gradient on every rank
+when W > 1, as they compute N x N x D for the batch term.
+
+Use (the training loop; the memory lives outside the engine's module, so bf16 never casts it,
+ZeRO never partitions it and the exported model never carries it)::
+
+    memory = build_memory(config.memory, config.model.embedding_dim, device)
+    loss_fn = LossWithMemory(engine.module.loss, memory, step)      # each step: the plain loss signature
+    result = optimizer_step(engine, loss_fn, images, labels_B, chunk_size)
+    if not result.skipped:                                          # the same decision on every rank
+        memory.enqueue(result.ref_ND, collectives.gather_no_grad(labels_B), step)
+    client_state["memory"] = memory.state_dict()                    # checkpoint (ranks hold the same)
+    memory.load_state_dict(client_state.get("memory", {}))          # resume, on every rank
 """
 
 from __future__ import annotations
@@ -156,6 +169,8 @@ class CrossBatchMemory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``; the size and dimension must be this memory's."""
+        if not state:
+            raise ValueError(f"memory.size: the checkpoint holds no memory, the config asks for {self.size} rows")
         shape = tuple(state["embeddings"].shape)
         if shape != (self.size, self.dim):
             raise ValueError(f"memory.size: the checkpoint holds a memory of {shape}, the config asks for "

@@ -92,6 +92,8 @@ def test_state_dict_resumes_the_same_memory() -> None:
         CrossBatchMemory(16, 4).load_state_dict(memory.state_dict())
     with pytest.raises(ValueError, match="memory.size"):
         NoMemory().load_state_dict(memory.state_dict())
+    with pytest.raises(ValueError, match="memory.size: the checkpoint holds no memory"):
+        memory.load_state_dict(NoMemory().state_dict())
 
 
 def test_nbytes_and_build_memory() -> None:
@@ -312,3 +314,24 @@ def test_memory_bench_rows_cover_the_losses_that_take_memory() -> None:
     assert [r["loss"] for r in rows] == expected and "npair_mc" not in expected
     for row in rows:
         assert row["memory_bytes"] == 64 * 512 * 4 + 2 * 64 * 8 and row["ours_over_floor"] > 0, row
+
+
+def test_triplet_counts_by_binary_search_equal_the_slot_loop_bit_for_bit() -> None:
+    """The memory gives an anchor many positives, where triplet counts switch to binary search."""
+    from dml_dist.losses.pairs import positive_index
+    from dml_dist.losses.triplet import _counts_by_search, _counts_by_slot
+
+    for seed in range(60):
+        gen = torch.Generator().manual_seed(seed)
+        rows, n = int(torch.randint(1, 12, (1,), generator=gen)), int(torch.randint(12, 60, (1,), generator=gen))
+        start = int(torch.randint(0, n - rows + 1, (1,), generator=gen))
+        labels = torch.randint(0, 4, (n,), generator=gen)
+        dist = torch.rand(rows, n, generator=gen, dtype=torch.float64)
+        if seed % 2:
+            dist = (dist * 4).round() / 4  # ties between positive and negative distances
+        index, valid = positive_index(labels[start : start + rows], labels, start)
+        neg = labels[start : start + rows, None] != labels[None, :]
+        for margin, semihard in itertools.product((0.0, 0.2, 0.25, 1.0), (False, True)):
+            slot = _counts_by_slot(dist, index, valid, neg, margin, semihard)
+            search = _counts_by_search(dist, index, valid, neg, margin, semihard)
+            assert torch.equal(slot[0], search[0]) and torch.equal(slot[1], search[1]), (seed, margin, semihard)
