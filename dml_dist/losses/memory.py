@@ -155,6 +155,7 @@ class CrossBatchMemory:
             "memory_fill": self.num_filled / self.size,
             "memory_age_mean_steps": float(ages.mean()) if ages.numel() else 0.0,
             "memory_age_max_steps": float(ages.max()) if ages.numel() else 0.0,
+            "memory_bytes": float(self.nbytes),
         }
 
     def state_dict(self) -> dict[str, Any]:

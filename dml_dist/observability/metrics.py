@@ -29,7 +29,10 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
 - ``ray_dml_dist_mining_negative_similarity``: mean over the last batch's classes of the cosine
   similarity (by the class bank) to the closest other class of the batch;
 - ``ray_dml_dist_eval_recall{k="1"...}``: the last held-out Recall@K;
-- ``ray_dml_dist_data_skipped_samples_total``: training samples skipped as bad data.
+- ``ray_dml_dist_data_skipped_samples_total``: training samples skipped as bad data;
+- ``ray_dml_dist_xbm_fill_ratio``, ``ray_dml_dist_xbm_age_steps{stat="mean"|"max"}``,
+  ``ray_dml_dist_xbm_bytes``: the cross-batch memory's fill, the age of its rows, its size
+  (only when ``memory.size`` > 0).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class NullMetrics:
         pass
 
     def observe_data_skips(self, count: int) -> None:
+        pass
+
+    def observe_memory(self, stats: dict[str, float]) -> None:
         pass
 
 
@@ -98,6 +104,9 @@ class RayMetrics(NullMetrics):
             "Mean cosine similarity of the last batch's classes to their closest other class",
         )
         self._recall = gauge("dml_dist_eval_recall", "Held-out Recall@K", ("k",))
+        self._memory_fill = gauge("dml_dist_xbm_fill_ratio", "Share of the cross-batch memory's rows written")
+        self._memory_age = gauge("dml_dist_xbm_age_steps", "Age in steps of the cross-batch memory's rows", ("stat",))
+        self._memory_bytes = gauge("dml_dist_xbm_bytes", "Bytes the cross-batch memory holds on this rank")
 
     def observe_step(
         self, loss: float, num_samples: int, step_seconds: float, phases: dict[str, float] | None = None
@@ -132,3 +141,11 @@ class RayMetrics(NullMetrics):
     def observe_data_skips(self, count: int) -> None:
         if count > 0:
             self._data_skips.inc(count, tags=self._tags)
+
+    def observe_memory(self, stats: dict[str, float]) -> None:
+        if not stats:  # memory off
+            return
+        self._memory_fill.set(stats["memory_fill"], tags=self._tags)
+        self._memory_age.set(stats["memory_age_mean_steps"], tags={**self._tags, "stat": "mean"})
+        self._memory_age.set(stats["memory_age_max_steps"], tags={**self._tags, "stat": "max"})
+        self._memory_bytes.set(stats.get("memory_bytes", 0.0), tags=self._tags)

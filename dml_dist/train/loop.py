@@ -40,6 +40,7 @@ from dml_dist.dist import collectives
 from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
 from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.losses import build_loss
+from dml_dist.losses.memory import LossWithMemory, build_memory
 from dml_dist.mining.client import MiningClient, RandomClasses
 from dml_dist.mining.refresh import refresh_stale_classes
 from dml_dist.models import build_model
@@ -115,6 +116,8 @@ class Trainer:
         )
         self.embedder = self.engine.module.embedder
         self.loss_fn = self.engine.module.loss
+        # Cross-batch memory (losses/memory.py): outside the engine's module, the same on every rank.
+        self.memory = build_memory(config.memory, config.model.embedding_dim, self.device)
         self.classes = self._class_source()
         self.metrics = self._metrics_sink()
         self.eval_history: list[dict[str, Any]] = []
@@ -157,6 +160,7 @@ class Trainer:
         state = checkpoint.load(self.engine, checkpoints, good)
         step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.memory.load_state_dict(state.get("memory", {}))
         mining_file = checkpoints / good.tag / checkpoint.MINING_STATE
         if self.rank == 0 and mining_file.is_file():
             self.classes.load_state_dict(checkpoint.load_state_npz(mining_file))
@@ -239,15 +243,20 @@ class Trainer:
         self.metrics.observe_mining(answer)
         images, labels = self.load_share(step, answer["classes"])
         data_seconds = time.perf_counter() - started
+        labels_B = labels.to(self.device)
         result = optimizer_step(
             self.engine,
-            self.loss_fn,
+            LossWithMemory(self.loss_fn, self.memory, step),
             images.to(self.device, self.dtype, non_blocking=True),
-            labels.to(self.device),
+            labels_B,
             self.config.batch.chunk_size,
         )
         loss, ref_ND = result.loss, result.ref_ND
         self.skipped_steps += int(result.skipped)
+        if not result.skipped:  # the same decision on every rank, so the memories stay identical
+            self.memory.enqueue(ref_ND, collectives.gather_no_grad(labels_B), step)
+        memory_stats = self.memory.stats(step + 1)
+        self.metrics.observe_memory(memory_stats)
         if self.rank == 0 and not result.skipped:
             self.classes.publish(step, np.asarray(answer["classes"]), self._class_embeddings(ref_ND))
         stale = answer.get("stale_classes", [])  # every refresh_every steps: re-embed stale classes
@@ -273,6 +282,7 @@ class Trainer:
             "fallbacks": self.classes.fallbacks,
             "refresh_age_max": answer.get("refresh_age_max"),
             "negative_similarity": answer.get("negative_similarity"),
+            **memory_stats,
         }
 
     def load_share(self, step: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +349,12 @@ class Trainer:
         if not with_checkpoint:
             ray.train.report(metrics)
             return
-        client_state = {"step": step, "seed": self.config.train.seed, "skipped_steps": self.skipped_steps}
+        client_state = {
+            "step": step,
+            "seed": self.config.train.seed,
+            "skipped_steps": self.skipped_steps,
+            "memory": self.memory.state_dict(),
+        }
         mining_state = self.classes.state_dict() if self.rank == 0 else None
         with tempfile.TemporaryDirectory(prefix="dml-dist-checkpoint-") as scratch:
             directory = checkpoint.save_local(self.engine, Path(scratch), step, client_state, mining_state)

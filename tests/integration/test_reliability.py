@@ -40,9 +40,16 @@ def _rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def resumed_pair(small_data: DataConfig, ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(uninterrupted 12-step run, the same run stopped at step 6 and resumed to 12)."""
+    """(uninterrupted 12-step run, the same run stopped at step 6 and resumed to 12), with a
+    cross-batch memory in use from step 2, so the resumed half needs the memory of step 6."""
     root = tmp_path_factory.mktemp("resume")
-    common = {"mining.enabled": False, "train.checkpoint_every": 6}
+    common = {
+        "mining.enabled": False,
+        "train.checkpoint_every": 6,
+        "loss": "{name: multi_similarity}",
+        "memory.size": 512,
+        "memory.start_step": 2,
+    }
     whole, halves = root / "whole", root / "halves"
     assert main(_train_args(small_data, whole, 12, **common)) == 0
     assert main(_train_args(small_data, halves, 6, **common)) == 0
@@ -57,6 +64,8 @@ def test_resume_draws_the_same_batches_and_losses(resumed_pair: tuple[Path, Path
     for row_a, row_b in zip(a, b, strict=True):
         assert row_b["loss"] == pytest.approx(row_a["loss"], rel=1e-5, abs=1e-6), row_a["step"]
     assert [json.loads(line)["resumed_from"] for line in (halves / "resumes.jsonl").read_text().splitlines()] == [6]
+    assert b[6]["memory_fill"] == a[6]["memory_fill"] > 0  # step 7 ran with the restored memory
+    assert b[6]["memory_age_max_steps"] == a[6]["memory_age_max_steps"]
 
 
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous(

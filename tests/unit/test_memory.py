@@ -45,6 +45,7 @@ def test_enqueue_keeps_the_newest_rows_in_write_order_across_the_wrap() -> None:
         "memory_fill": 1.0,
         "memory_age_mean_steps": (2 * 2 + 4 * 1 + 4 * 0) / 10,
         "memory_age_max_steps": 2,
+        "memory_bytes": float(memory.nbytes),
     }
 
 
