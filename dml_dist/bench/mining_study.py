@@ -52,6 +52,9 @@ class LocalMiningClient(RandomClasses):
         self.last = answer
         return answer
 
+    def peek(self, step: int) -> list[int]:
+        return list(self.service.next_classes(step, self.n)["classes"])
+
     def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
         self.service.publish(step, class_ids, emb_CD)
 
@@ -61,11 +64,17 @@ def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eva
     from dml_dist.train.loop import Trainer, WorkerPlan
     from dml_dist.train.step import optimizer_step
 
-    config = load_config(config_path, [*overrides, f"train.seed={seed}", f"train.steps={steps}", "metrics.enabled=false"])
+    config = load_config(
+        config_path, [*overrides, f"train.seed={seed}", f"train.steps={steps}", "metrics.enabled=false"]
+    )
     data = resolve_data(config.data)
     run_dir = Path("runs/study/tmp") / f"{Path(config_path).stem}-{seed}-{time.time_ns()}"
     plan = WorkerPlan(
-        config=config_to_dict(config), train_shards=str(data.train), eval_shards=str(data.eval), run_dir=str(run_dir), job_name="study"
+        config=config_to_dict(config),
+        train_shards=str(data.train),
+        eval_shards=str(data.eval),
+        run_dir=str(run_dir),
+        job_name="study",
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     collectives.init_local_gloo(0, 1, collectives.free_local_port())

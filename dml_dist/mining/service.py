@@ -308,7 +308,9 @@ class MiningService:
         for s in sorted(self.graphs):
             graph = self.graphs[s]
             arrays[f"graph_{s}"] = graph.neighbours.astype(np.int32)
-            arrays[f"graph_{s}_meta"] = np.asarray(_dumps({"build_seconds": graph.build_seconds, "method": graph.method}))
+            arrays[f"graph_{s}_meta"] = np.asarray(
+                _dumps({"build_seconds": graph.build_seconds, "method": graph.method})
+            )
         self.bank.save(target, **arrays)
         self._last_save_step = self.latest_step
         return str(target)

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from dml_dist.config.loader import config_to_dict, from_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
-from dml_dist.data.sampler import random_classes
 from dml_dist.data.shards import skipped_samples_total
 from dml_dist.dist import collectives
 from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
@@ -232,10 +231,11 @@ class Trainer:
     def load_share(self, step: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's images [B, C, H, W] and labels [B] for the step's classes (``data/loader.py``)."""
         images, labels = self.loader.load(step, classes)
-        if not self.config.mining.enabled and step + 1 < self.config.train.steps:
-            # Random classes are known ahead: the loader's workers decode the next step meanwhile.
-            n = self.config.batch.num_classes
-            self.loader.prefetch(step + 1, random_classes(self.config.train.seed, step + 1, self.loader.num_classes, n))
+        if step + 1 < self.config.train.steps:
+            # Step t + 1's classes are known ahead (random ones, or the mining service's answer asked
+            # a step earlier: mining/client.py): the loader's workers decode them while t trains.
+            upcoming = collectives.broadcast_object(self.classes.peek(step + 1) if self.rank == 0 else None)
+            self.loader.prefetch(step + 1, upcoming)
         skipped = skipped_samples_total()
         self.metrics.observe_data_skips(skipped - self.skips_reported)
         self.skips_reported = skipped

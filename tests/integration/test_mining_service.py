@@ -52,10 +52,14 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         centres = rng.standard_normal((num_classes // 2, dim))
         emb = np.repeat(centres, 2, axis=0) + 0.05 * rng.standard_normal((num_classes, dim))
         client.publish(1, np.arange(num_classes), emb.astype(np.float32))
-        client.request(2)
-        answer = client.classes_for(2)
+        # Step t's answer reads the publishes of steps <= t - 3; the client asks two steps ahead,
+        # and peek(t + 1) (the loader's prefetch) gets the very answer classes_for(t + 1) returns.
+        client.request(4)
+        answer = client.classes_for(4)
         assert answer["mined"] is True and client.fallbacks == 1
         assert np.all(np.bincount(np.asarray(answer["classes"]) // 2) % 2 == 0)
+        upcoming = client.peek(5)
+        assert client.classes_for(5)["classes"] == upcoming and client.fallbacks == 1
 
         client.save_bank(str(bank_path))
         stats = ray.get(actor.stats.remote(), timeout=10)
@@ -65,9 +69,9 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         client.timeout_s = config.timeout_s
         ray.kill(actor, no_restart=False)
         _wait_until_gone(stats["pid"])
-        client.request(3)
+        client.request(6)
         started = time.perf_counter()
-        answer = client.classes_for(3)
+        answer = client.classes_for(6)
         waited = time.perf_counter() - started
         assert answer.get("fallback") is True and answer["mined"] is False
         assert answer["fallback_reason"] in ("timeout", "unavailable") and client.fallbacks == 2
@@ -79,8 +83,8 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         assert restarted["pid"] != stats["pid"]
         assert restarted["restored_step"] == 1 and restarted["coverage"] == 1.0
         client.timeout_s = 10.0
-        client.request(4)
-        answer = client.classes_for(4)
+        client.request(8)
+        answer = client.classes_for(8)
         assert answer["mined"] is True and client.fallbacks == 2
     finally:
         ray.kill(actor, no_restart=True)

@@ -229,9 +229,7 @@ def test_bank_save_and_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 # ----------------------------------------------------------------------------- service (no Ray)
 def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = MiningConfig(
-        rule="greedy", warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3
-    )
+    config = MiningConfig(rule="greedy", warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3)
     path = tmp_path / "bank.npz"
     service = MiningService(200, 32, config, seed=0, checkpoint_path=str(path))
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
