@@ -39,7 +39,9 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
     ray = ray_session
     num_classes, dim, n = 200, 16, 20
     # top_k=1: every seed is joined by its nearest class (its twin below), so a batch is whole pairs.
-    config = MiningConfig(warmup_coverage=0.5, random_share=0.0, top_k=1, timeout_s=0.05, save_every_steps=0)
+    config = MiningConfig(
+        warmup_coverage=0.5, warmup_steps=0, ramp_steps=0, random_share=0.0, top_k=1, timeout_s=0.05, save_every_steps=0
+    )
     bank_path = tmp_path / "mining_bank.npz"
     actor = start_mining_actor("test-restart", num_classes, dim, config, seed=0, checkpoint_path=str(bank_path))
     client = MiningClient(actor, timeout_s=5.0, seed=0, num_classes=num_classes, n=n)

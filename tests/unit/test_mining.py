@@ -17,6 +17,11 @@ from dml_dist.mining.selection import (
 from dml_dist.mining.service import PUBLISH_LAG, MiningService
 
 
+def _config(**fields: object) -> MiningConfig:
+    """Mining settings that mine from the first step unless a test sets a schedule."""
+    return MiningConfig(**{"warmup_steps": 0, "ramp_steps": 0, **fields})  # type: ignore[arg-type]
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -229,7 +234,7 @@ def test_bank_save_and_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 # ----------------------------------------------------------------------------- service (no Ray)
 def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = MiningConfig(rule="greedy", warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3)
+    config = _config(rule="greedy", warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3)
     path = tmp_path / "bank.npz"
     service = MiningService(200, 32, config, seed=0, checkpoint_path=str(path))
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
@@ -252,7 +257,7 @@ def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # t
 
 
 def test_service_uses_the_graph_on_large_banks() -> None:
-    config = MiningConfig(
+    config = _config(
         rule="greedy",
         warmup_coverage=0.5,
         random_share=0.0,
@@ -275,11 +280,11 @@ def test_service_uses_the_graph_on_large_banks() -> None:
 
 def test_random_rule_and_warmup_schedule() -> None:
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
-    random_rule = MiningService(200, 32, MiningConfig(rule="random", warmup_coverage=0.0), seed=0)
+    random_rule = MiningService(200, 32, _config(rule="random", warmup_coverage=0.0), seed=0)
     random_rule.publish(0, np.arange(200), emb)
     answer = random_rule.next_classes(10, 20)
     assert answer["mined"] is False and answer["reason"] == "rule" and answer["hard_share"] == 0.0
-    config = MiningConfig(warmup_coverage=0.0, warmup_steps=10, ramp_steps=10, random_share=0.2)
+    config = _config(warmup_coverage=0.0, warmup_steps=10, ramp_steps=10, random_share=0.2)
     service = MiningService(200, 32, config, seed=0)
     assert [service.hard_share(t) for t in (0, 9, 10, 14, 19, 30)] == pytest.approx([0, 0, 0.08, 0.4, 0.8, 0.8])
     service.publish(0, np.arange(200), emb)
@@ -292,14 +297,14 @@ def test_random_rule_and_warmup_schedule() -> None:
 
 def test_fresh_within_steps_mines_only_recently_refreshed_classes() -> None:
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
-    config = MiningConfig(warmup_coverage=0.0, random_share=0.0, fresh_within_steps=10)
+    config = _config(warmup_coverage=0.0, random_share=0.0, fresh_within_steps=10)
     service = MiningService(200, 32, config, seed=0)
     service.publish(0, np.arange(100), emb[:100])  # old by step 40
     service.publish(35, np.arange(100, 200), emb[100:])
     answer = service.next_classes(40, 40)
     # Seeds of the old half have no trusted embedding: their slots go to random classes.
     assert answer["mined"] is True and answer["staleness_at_selection_max"] == 40 - 35
-    stale_config = MiningConfig(warmup_coverage=0.0, random_share=0.0)
+    stale_config = _config(warmup_coverage=0.0, random_share=0.0)
     any_age = MiningService(200, 32, stale_config, seed=0)
     any_age.publish(0, np.arange(100), emb[:100])
     any_age.publish(35, np.arange(100, 200), emb[100:])
@@ -330,7 +335,7 @@ def _drive(service: MiningService, steps: range, n: int, emb: np.ndarray, seed: 
 def test_resumed_service_answers_as_the_uninterrupted_one(tmp_path, search: str, rule: str) -> None:  # type: ignore[no-untyped-def]
     """Save at step s, restore into a fresh service: the answers from s on are the same."""
     emb = _clusters(num_clusters=150, size=2, dim=16, noise=0.1)
-    config = MiningConfig(
+    config = _config(
         rule=rule,
         warmup_coverage=0.3,
         warmup_steps=4,
