@@ -48,6 +48,13 @@ class RandomClasses:
     def save_bank(self, path: str) -> None:
         pass
 
+    def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
+        """Nothing to save: random classes are a pure function of (seed, step)."""
+        return None
+
+    def restore_state(self, path: str, timeout_s: float = 60.0) -> int | None:
+        return None
+
 
 class MiningClient(RandomClasses):
     """Rank 0's handle on the mining actor, with a bounded wait and a random fallback."""
@@ -117,14 +124,14 @@ class MiningClient(RandomClasses):
         with contextlib.suppress(Exception):
             self.actor.save.remote(path)
 
-    def save_state(self, path: str, timeout_s: float = 60.0) -> str:
+    def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
         """Have the service write its whole state to ``path`` and wait for it (for a checkpoint)."""
         import ray
 
         written: str = ray.get(self.actor.save.remote(path), timeout=timeout_s)
         return written
 
-    def restore_state(self, path: str, timeout_s: float = 60.0) -> int:
+    def restore_state(self, path: str, timeout_s: float = 60.0) -> int | None:
         """Load a state ``save_state`` wrote (on resume, before the first request); returns its step."""
         import ray
 

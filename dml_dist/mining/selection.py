@@ -1,4 +1,10 @@
-"""Greedy hard-negative-class selection (Sohn 2016, section 3.2), exact or on a kNN graph.
+"""Which classes a batch holds: two selection rules over the class bank, exact or on a kNN graph.
+
+``select_seed_neighbours`` (the service's default rule, below) draws random seed classes and
+joins each with neighbours sampled among its nearest classes. ``select_hard_classes`` is Sohn's
+greedy chain, described first. ``violation_rate`` measures how hard a batch is for the model.
+
+Greedy hard-negative-class selection (Sohn 2016, section 3.2):
 
 "We randomly select a class, then greedily add a new class that violates the triplet
 constraint the most w.r.t. the selected classes till we reach N classes." With unit class

@@ -91,3 +91,31 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         assert answer["mined"] is True and client.fallbacks == 2
     finally:
         ray.kill(actor, no_restart=True)
+
+
+def test_state_saved_through_the_client_restores_into_a_new_actor(ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """save_state / restore_state through Ray: a new actor answers as the saved one would."""
+    num_classes, dim, n = 300, 16, 24
+    config = MiningConfig(warmup_steps=5, ramp_steps=5, timeout_s=30.0, save_every_steps=0)
+    emb = np.random.default_rng(1).standard_normal((num_classes, dim)).astype(np.float32)
+    first = start_mining_actor("test-state-a", num_classes, dim, config, seed=2)
+    second = start_mining_actor("test-state-b", num_classes, dim, config, seed=2)
+    try:
+        client = MiningClient(first, timeout_s=30.0, seed=2, num_classes=num_classes, n=n)
+        for step in range(12):  # the loop's order: ask ahead, take the step's classes, publish
+            client.request(step)
+            classes = np.asarray(client.classes_for(step)["classes"])
+            client.publish(step, classes, emb[classes])
+        path = client.save_state(str(tmp_path / "mining_state.npz"))
+        resumed = MiningClient(second, timeout_s=30.0, seed=2, num_classes=num_classes, n=n)
+        assert resumed.restore_state(path) == 11
+        for step in range(12, 20):
+            client.request(step)
+            resumed.request(step)
+            expected, got = client.classes_for(step), resumed.classes_for(step)
+            assert expected["mined"] is True and got["classes"] == expected["classes"]
+            client.publish(step, np.asarray(expected["classes"]), emb[expected["classes"]])
+            resumed.publish(step, np.asarray(got["classes"]), emb[got["classes"]])
+    finally:
+        ray_session.kill(first, no_restart=True)
+        ray_session.kill(second, no_restart=True)
