@@ -144,7 +144,10 @@ def trained_run(
         "train.eval_every": 30,
         "train.checkpoint_every": 30,
         "train.log_every": 5,
+        "mining.enabled": True,  # the quickstart leaves it off (docs/results/mining.md); the service is under test
         "mining.warmup_coverage": 0.5,
+        "mining.warmup_steps": 10,
+        "mining.ramp_steps": 10,
     }
     args = [
         "train",

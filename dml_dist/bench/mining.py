@@ -2,8 +2,11 @@
 
 Measured in one process, on the same machine, without Ray:
 - selection of N classes from C at dimension D (defaults N=1000, C=100,000, D=512; random unit
-  class embeddings, 25% random share): exact greedy (once: it takes seconds) and greedy on a
-  k=32 kNN graph (median of ``repeats``);
+  class embeddings, 25% random share): exact greedy (once: it takes seconds; skipped above
+  100,000 classes), and on a k=32 kNN graph both rules, ``seed_neighbours`` (groups of 2, top
+  10) and Sohn's ``greedy`` (median of ``repeats``);
+- the bank's memory (C x D float32 plus the refresh steps) and the graph's (C x k int64), and the
+  process's peak resident memory;
 - the graph build (faiss; the service does it in a background thread, never in a selection);
 - a bank update with one step's class embeddings (N=320 x D=128, the quickstart, and
   N=1000 x D=512);
@@ -27,7 +30,7 @@ from dml_dist.bench.timing import median_seconds
 from dml_dist.config.schema import ModelConfig
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
-from dml_dist.mining.selection import select_hard_classes
+from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 
 
 def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -91,11 +94,19 @@ def run_mining_bench(
     dim: int = 512,
     k: int = 32,
     repeats: int = 5,
-    exact: bool = True,
+    exact: bool | None = None,
 ) -> dict[str, Any]:
     """Time the mining service's parts against a training step; print a table, return figures."""
+    import resource
+
+    if exact is None:
+        exact = num_classes <= 100_000
     rng = np.random.default_rng(0)
     emb_CD = _unit(rng, num_classes, dim)
+    bank = ClassBank(num_classes, dim, momentum=0.5)
+    bank.embeddings = emb_CD
+    bank.last_step[:] = 0
+    bank_bytes = bank.embeddings.nbytes + bank.last_step.nbytes
     step_s = training_step_seconds(repeats)
     build_s, graph = _timed(lambda: build_knn_graph(emb_CD, k, seed=0))
     seeds = iter(range(10_000))
@@ -103,9 +114,14 @@ def run_mining_bench(
         lambda: select_hard_classes(emb_CD, n, seed=next(seeds), random_share=0.25, neighbours=graph.neighbours),
         repeats,
     )
+    seed_neighbours_s = median_seconds(
+        lambda: select_seed_neighbours(emb_CD, n, seed=next(seeds), hard_share=0.75, neighbours=graph.neighbours),
+        repeats,
+    )
     exact_s = _timed(lambda: select_hard_classes(emb_CD, n, seed=0, random_share=0.25))[0] if exact else None
+    del bank
     updates: dict[str, float] = {}
-    for rows, width in ((320, 128), (1000, 512)):
+    for rows, width in ((320, 128), (1000, min(dim, 512))):
         bank = ClassBank(num_classes, width, momentum=0.5)
         ids = rng.choice(num_classes, size=rows, replace=False)
         observed = _unit(rng, rows, width)
@@ -115,14 +131,20 @@ def run_mining_bench(
         ("training step (quickstart-like, 640 img fwd+bwd, 1 thread)", step_s),
         (f"selection exact   N={n} of C={num_classes} D={dim}", exact_s),
         (f"selection graph   N={n} of C={num_classes} D={dim} k={k}", graph_s),
+        (f"selection seed_neighbours (graph) N={n} of C={num_classes}", seed_neighbours_s),
         (f"graph build ({graph.method}, background)", build_s),
         *((f"bank update {key} (one step)", value) for key, value in updates.items()),
         ("refresh pass forward (64 classes x 2 img, no grad)", refresh_s),
     ]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     print(f"{'mining bench':<62}{'seconds':>10}{'x step':>9}")
     for label, seconds in rows_out:
         shown = f"{seconds:>10.4f}{seconds / step_s:>9.3f}" if seconds is not None else f"{'-':>10}{'-':>9}"
         print(f"{label:<62}{shown}")
+    graph_bytes = graph.neighbours.nbytes
+    print(
+        f"bank {bank_bytes / 2**20:.0f} MiB, graph {graph_bytes / 2**20:.0f} MiB, peak RSS {peak_rss / 2**30:.2f} GiB"
+    )
     return {
         "suite": "mining",
         "num_classes": num_classes,
@@ -134,6 +156,10 @@ def run_mining_bench(
         "step_seconds": step_s,
         "selection_exact_seconds": exact_s,
         "selection_graph_seconds": graph_s,
+        "selection_seed_neighbours_graph_seconds": seed_neighbours_s,
+        "bank_bytes": bank_bytes,
+        "graph_bytes": graph_bytes,
+        "peak_rss_bytes": peak_rss,
         "graph_build_seconds": build_s,
         "graph_method": graph.method,
         "bank_update_seconds": updates,

@@ -91,7 +91,7 @@ class ClassBank:
         self.momentum = float(state["momentum"])
 
     def save(self, path: str | Path, **extra: Any) -> None:
-        """Write the bank (and ``extra`` scalars) to ``path`` atomically."""
+        """Write the bank (and ``extra`` arrays or scalars) to ``path`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -99,11 +99,12 @@ class ClassBank:
         os.replace(tmp, path)
 
     def load(self, path: str | Path) -> dict[str, Any]:
-        """Restore from ``save``'s file; returns the ``extra`` scalars saved with it."""
+        """Restore from ``save``'s file; returns the ``extra`` values saved with it (0-d arrays as scalars)."""
         with np.load(path) as data:
             state = {key: data[key] for key in data.files}
         self.load_state_dict(state)
-        return {key: value.item() for key, value in state.items() if key not in ("embeddings", "last_step", "momentum")}
+        own = ("embeddings", "last_step", "momentum")
+        return {key: value.item() if value.ndim == 0 else value for key, value in state.items() if key not in own}
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

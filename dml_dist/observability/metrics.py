@@ -29,6 +29,10 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
 - ``ray_dml_dist_mining_negative_similarity``: mean over the last batch's classes of the cosine
   similarity (by the class bank) to the closest other class of the batch;
 - ``ray_dml_dist_eval_recall{k="1"...}``: the last held-out Recall@K;
+- ``ray_dml_dist_mining_violation_rate``: share of the batch's anchors whose hardest negative is
+  more similar than their hardest positive (rank 0, every step, mining on or off);
+- ``ray_dml_dist_mining_staleness_steps{stat}``: steps since the class centres the last selection
+  relied on were refreshed; ``ray_dml_dist_mining_hard_share{rule}``: share of its classes mined;
 - ``ray_dml_dist_data_skipped_samples_total``: training samples skipped as bad data;
 - ``ray_dml_dist_xbm_fill_ratio``, ``ray_dml_dist_xbm_age_steps{stat="mean"|"max"}``,
   ``ray_dml_dist_xbm_bytes``: the cross-batch memory's fill, the age of its rows, its size
@@ -63,6 +67,9 @@ class NullMetrics:
         pass
 
     def observe_memory(self, stats: dict[str, float]) -> None:
+        pass
+
+    def observe_violation(self, rate: float | None) -> None:
         pass
 
 
@@ -104,6 +111,14 @@ class RayMetrics(NullMetrics):
             "Mean cosine similarity of the last batch's classes to their closest other class",
         )
         self._recall = gauge("dml_dist_eval_recall", "Held-out Recall@K", ("k",))
+        self._violation = gauge(
+            "dml_dist_mining_violation_rate",
+            "Share of anchors whose hardest in-batch negative beats their hardest positive",
+        )
+        self._staleness = gauge(
+            "dml_dist_mining_staleness_steps", "Steps since the centres a selection relied on were refreshed", ("stat",)
+        )
+        self._hard_share = gauge("dml_dist_mining_hard_share", "Share of the batch's classes the rule mined", ("rule",))
         self._memory_fill = gauge("dml_dist_xbm_fill_ratio", "Share of the cross-batch memory's rows written")
         self._memory_age = gauge("dml_dist_xbm_age_steps", "Age in steps of the cross-batch memory's rows", ("stat",))
         self._memory_bytes = gauge("dml_dist_xbm_bytes", "Bytes the cross-batch memory holds on this rank")
@@ -130,6 +145,11 @@ class RayMetrics(NullMetrics):
             self._age.set(answer["refresh_age_max"], tags={**tags, "stat": "max"})
             self._age.set(answer["refresh_age_mean"], tags={**tags, "stat": "mean"})
             self._selection.set(answer["selection_seconds"], tags=tags)
+        if answer.get("staleness_at_selection_mean") is not None:
+            self._staleness.set(answer["staleness_at_selection_mean"], tags={**tags, "stat": "mean"})
+            self._staleness.set(answer["staleness_at_selection_max"], tags={**tags, "stat": "max"})
+        if "rule" in answer:
+            self._hard_share.set(answer.get("hard_share") or 0.0, tags={**tags, "rule": str(answer["rule"])})
         similarity = answer.get("negative_similarity")
         if similarity is not None and similarity == similarity:  # NaN: fewer than two known classes
             self._negative_similarity.set(similarity, tags=tags)
@@ -141,6 +161,10 @@ class RayMetrics(NullMetrics):
     def observe_data_skips(self, count: int) -> None:
         if count > 0:
             self._data_skips.inc(count, tags=self._tags)
+
+    def observe_violation(self, rate: float | None) -> None:
+        if rate is not None and rate == rate:  # None off rank 0, NaN without positives and negatives
+            self._violation.set(rate, tags=self._tags)
 
     def observe_memory(self, stats: dict[str, float]) -> None:
         if not stats:  # memory off

@@ -16,7 +16,7 @@ skipped by ``latest_good`` with a message naming the problem, and the previous g
 Loading goes through ``SafeCheckpointEngine``: ``torch.load(weights_only=True)`` with an
 explicit allowlist of the few DeepSpeed classes its files contain, instead of DeepSpeed's
 default ``weights_only=False`` (which would run arbitrary pickled code from a tampered file).
-The mining state is a plain ``.npz`` read with ``allow_pickle=False``.
+The mining state is the service's own ``.npz`` (``mining/service.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dml_dist.dist import collectives
@@ -112,18 +112,24 @@ def has_checkpoints(checkpoint_dir: Path) -> bool:
     return checkpoint_dir.is_dir() and any(p.name.startswith(PREFIX) for p in checkpoint_dir.iterdir())
 
 
-def save_local(engine: Any, scratch: Path, step: int, client_state: dict[str, Any], mining: Any) -> Path:
+def save_local(
+    engine: Any,
+    scratch: Path,
+    step: int,
+    client_state: dict[str, Any],
+    save_mining: Callable[[str], Any] | None,
+) -> Path:
     """Write this rank's share of the step's checkpoint to ``scratch/step-NNNNNN`` and seal it.
 
     Every rank calls this (it holds collectives): each saves its DeepSpeed files, rank 0 also the
-    mining state (``mining``: a dict, or None when mining is off), and rank 0 writes the manifest of
-    every rank's files. Returns the directory to report to Ray Train.
+    mining state (``save_mining(path)``, which writes nothing when mining is off), and rank 0
+    writes the manifest of every rank's files. Returns the directory to report to Ray Train.
     """
     tag = tag_for(step)
     engine.save_checkpoint(str(scratch), tag=tag, client_state=client_state, save_latest=False)
     directory = scratch / tag
-    if collectives.rank() == 0 and mining is not None:
-        save_state_npz(directory / MINING_STATE, mining)
+    if collectives.rank() == 0 and save_mining is not None:
+        save_mining(str(directory / MINING_STATE))
     every_rank = collectives.all_gather_object(file_hashes(directory))
     if collectives.rank() == 0:
         files: dict[str, dict[str, Any]] = {}
@@ -131,36 +137,6 @@ def save_local(engine: Any, scratch: Path, step: int, client_state: dict[str, An
             files.update(share)
         write_manifest(directory, step, files)
     return directory
-
-
-def save_state_npz(path: Path, state: dict[str, Any]) -> None:
-    """A nested dict of arrays and scalars as one ``.npz`` (keys joined with ``/``; no pickles)."""
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}/{key}" if prefix else str(key), item)
-        else:
-            flat[prefix] = np.asarray(value)
-
-    walk("", state)
-    with path.open("wb") as handle:
-        np.savez(handle, **flat)  # type: ignore[arg-type]
-
-
-def load_state_npz(path: Path) -> dict[str, Any]:
-    """The nested dict ``save_state_npz`` wrote (0-d arrays back as Python scalars)."""
-    state: dict[str, Any] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            value = data[key]
-            *parents, leaf = key.split("/")
-            node = state
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = value.item() if value.ndim == 0 else value
-    return state
 
 
 def load(engine: Any, checkpoint_dir: Path, good: GoodCheckpoint) -> dict[str, Any]:

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from dml_dist.config.loader import config_to_dict, from_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
-from dml_dist.data.sampler import random_classes
 from dml_dist.data.shards import skipped_samples_total
 from dml_dist.dist import collectives
 from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
@@ -43,6 +42,7 @@ from dml_dist.losses import build_loss
 from dml_dist.losses.memory import LossWithMemory, build_memory
 from dml_dist.mining.client import MiningClient, RandomClasses
 from dml_dist.mining.refresh import refresh_stale_classes
+from dml_dist.mining.selection import violation_rate
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
 from dml_dist.observability.logging import quiet_libraries
@@ -163,7 +163,7 @@ class Trainer:
         self.memory.load_state_dict(state.get("memory", {}))
         mining_file = checkpoints / good.tag / checkpoint.MINING_STATE
         if self.rank == 0 and mining_file.is_file():
-            self.classes.load_state_dict(checkpoint.load_state_npz(mining_file))
+            self.classes.restore_state(str(mining_file))
         if self.rank == 0:
             print(f"resuming from {checkpoints / good.tag} at step {step}", flush=True)
             run_files.append_jsonl(self.run_dir / "resumes.jsonl", {"resumed_from": step, "time": time.time()})
@@ -253,8 +253,12 @@ class Trainer:
         )
         loss, ref_ND = result.loss, result.ref_ND
         self.skipped_steps += int(result.skipped)
+        labels_N = collectives.gather_no_grad(labels_B)
         if not result.skipped:  # the same decision on every rank, so the memories stay identical
-            self.memory.enqueue(ref_ND, collectives.gather_no_grad(labels_B), step)
+            self.memory.enqueue(ref_ND, labels_N, step)
+        # How hard the batch is for the model (mining/selection.py): one N x N product, rank 0.
+        violation = violation_rate(ref_ND, labels_N) if self.rank == 0 else None
+        self.metrics.observe_violation(violation)
         memory_stats = self.memory.stats(step + 1)
         self.metrics.observe_memory(memory_stats)
         if self.rank == 0 and not result.skipped:
@@ -282,16 +286,20 @@ class Trainer:
             "fallbacks": self.classes.fallbacks,
             "refresh_age_max": answer.get("refresh_age_max"),
             "negative_similarity": answer.get("negative_similarity"),
+            "violation_rate": violation,
+            "staleness_at_selection_mean": answer.get("staleness_at_selection_mean"),
+            "hard_share": answer.get("hard_share"),
             **memory_stats,
         }
 
     def load_share(self, step: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's images [B, C, H, W] and labels [B] for the step's classes (``data/loader.py``)."""
         images, labels = self.loader.load(step, classes)
-        if not self.config.mining.enabled and step + 1 < self.config.train.steps:
-            # Random classes are known ahead: the loader's workers decode the next step meanwhile.
-            n = self.config.batch.num_classes
-            self.loader.prefetch(step + 1, random_classes(self.config.train.seed, step + 1, self.loader.num_classes, n))
+        if step + 1 < self.config.train.steps:
+            # Step t + 1's classes are known ahead (random ones, or the mining service's answer asked
+            # a step earlier: mining/client.py): the loader's workers decode them while t trains.
+            upcoming = collectives.broadcast_object(self.classes.peek(step + 1) if self.rank == 0 else None)
+            self.loader.prefetch(step + 1, upcoming)
         skipped = skipped_samples_total()
         self.metrics.observe_data_skips(skipped - self.skips_reported)
         self.skips_reported = skipped
@@ -355,9 +363,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "memory": self.memory.state_dict(),
         }
-        mining_state = self.classes.state_dict() if self.rank == 0 else None
+        save_mining = self.classes.save_state if self.rank == 0 else None
         with tempfile.TemporaryDirectory(prefix="dml-dist-checkpoint-") as scratch:
-            directory = checkpoint.save_local(self.engine, Path(scratch), step, client_state, mining_state)
+            directory = checkpoint.save_local(self.engine, Path(scratch), step, client_state, save_mining)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(str(directory)),

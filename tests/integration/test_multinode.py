@@ -139,7 +139,10 @@ def _train(cluster: Cluster, cwd: Path, *args: str) -> subprocess.Popen:
         "train.eval_every": 0,
         "train.log_every": 2,
         "train.checkpoint_every": 10,
+        "mining.enabled": True,  # the service's state goes through Ray into the checkpoint in the storage
         "mining.warmup_coverage": 0.2,
+        "mining.warmup_steps": 4,
+        "mining.ramp_steps": 4,
     }
     cmd = [sys.executable, "-m", "dml_dist", "train", str(REPO / "configs" / "quickstart.yaml")]
     cmd += ["--address", cluster.gcs_address, *args, *set_args(settings)]

@@ -126,7 +126,14 @@ def test_killed_worker_and_killed_mining_actor_are_survived(
     injector.start()
     args = _train_args(
         small_data, run_dir, 30,
-        **{"train.checkpoint_every": 10, "mining.warmup_coverage": 0.2, "mining.timeout_s": 1.0},
+        **{
+            "train.checkpoint_every": 10,
+            "mining.enabled": True,
+            "mining.warmup_coverage": 0.2,
+            "mining.warmup_steps": 2,
+            "mining.ramp_steps": 2,
+            "mining.timeout_s": 1.0,
+        },
     )  # fmt: skip
     assert main(args) == 0
     injector.join(timeout=5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dml_dist.train import checkpoint
@@ -42,15 +41,3 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     directory = _fake_checkpoint(tmp_path, 5)
     (directory / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     assert checkpoint.verify(directory) == "zero_pp_rank_0_mp_rank_00_optim_states.pt is missing"
-
-
-def test_mining_state_round_trips_without_pickles(tmp_path: Path) -> None:
-    state = {
-        "service": {"bank": {"embeddings": np.arange(6, dtype=np.float32).reshape(3, 2), "momentum": 0.9}, "step": 7},
-        "next_answer": '{"step": 8, "answer": null}',
-    }
-    checkpoint.save_state_npz(tmp_path / "mining_state.npz", state)
-    back = checkpoint.load_state_npz(tmp_path / "mining_state.npz")
-    np.testing.assert_array_equal(back["service"]["bank"]["embeddings"], state["service"]["bank"]["embeddings"])
-    assert back["service"]["bank"]["momentum"] == 0.9 and back["service"]["step"] == 7
-    assert back["next_answer"] == state["next_answer"]

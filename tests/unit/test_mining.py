@@ -8,8 +8,18 @@ import pytest
 from dml_dist.config.schema import ExperimentConfig, MiningConfig
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
-from dml_dist.mining.selection import nearest_negative_similarity, select_hard_classes
-from dml_dist.mining.service import MiningService
+from dml_dist.mining.selection import (
+    nearest_negative_similarity,
+    select_hard_classes,
+    select_seed_neighbours,
+    violation_rate,
+)
+from dml_dist.mining.service import PUBLISH_LAG, MiningService
+
+
+def _config(**fields: object) -> MiningConfig:
+    """Mining settings that mine from the first step unless a test sets a schedule."""
+    return MiningConfig(**{"warmup_steps": 0, "ramp_steps": 0, **fields})  # type: ignore[arg-type]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -130,6 +140,66 @@ def test_random_share_is_respected() -> None:
         select_hard_classes(emb, 201)
 
 
+def test_seed_neighbours_pairs_each_seed_with_its_twin() -> None:
+    """Near-duplicate pairs (2i, 2i+1): with K = 1 every seed is joined by its twin."""
+    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    for neighbours in (None, build_knn_graph(emb, k=8).neighbours):
+        classes, relied = select_seed_neighbours(emb, 40, seed=1, top_k=1, neighbours=neighbours)
+        assert len(set(classes.tolist())) == 40
+        pairs = classes // 2
+        assert np.all(pairs[0::2] == pairs[1::2]) and relied.tolist() == [False, True] * 20
+    # hard_share 0.5 with groups of 4: 5 groups (20 classes) of a seed and 3 neighbours, then 20 random.
+    classes, relied = select_seed_neighbours(emb, 40, seed=2, group_size=4, hard_share=0.5)
+    assert relied.sum() == 15 and not relied[20:].any() and len(set(classes.tolist())) == 40
+
+
+def test_seed_neighbours_samples_among_the_top_k_by_softmax() -> None:
+    """One seed, 4 candidates at known similarities: draws follow softmax(sim / T) over the top K."""
+    sims = np.array([1.0, 0.9, 0.8, 0.7, 0.0])  # class 0 is the seed; 4 is never in the top 3
+    emb = np.stack([sims, np.sqrt(1 - sims**2), np.zeros(5)], axis=1).astype(np.float32)
+    eligible = np.ones(5, dtype=bool)
+    counts = np.zeros(5)
+    seeds_on_zero = 0
+    for seed in range(3000):
+        classes, relied = select_seed_neighbours(emb, 2, seed=seed, eligible=eligible, top_k=3, temperature=0.1)
+        if classes[0] == 0:
+            seeds_on_zero += 1
+            counts[classes[1]] += 1
+    expected = np.exp(np.array([0.9, 0.8, 0.7]) / 0.1)
+    expected /= expected.sum()
+    assert counts[4] == 0 and counts[0] == 0
+    np.testing.assert_allclose(counts[1:4] / seeds_on_zero, expected, atol=0.05)
+
+
+def test_seed_neighbours_seeds_cover_all_classes_and_need_an_embedding_for_neighbours() -> None:
+    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    eligible = np.zeros(200, dtype=bool)
+    eligible[:100] = True
+    seen_as_seed = np.zeros(200, dtype=bool)
+    for seed in range(200):
+        classes, relied = select_seed_neighbours(emb, 20, seed=seed, eligible=eligible)
+        assert np.all(classes[relied] < 100)  # neighbours have embeddings
+        seen_as_seed[classes[0]] = True
+        assert len(set(classes.tolist())) == 20
+    assert seen_as_seed[100:].any()  # seeds come from all classes
+
+
+def test_violation_rate() -> None:
+    # Two classes of two rows each; anchor 0's hardest negative (row 2) is closer than its positive.
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.0, -1.0]])
+    labels = np.array([0, 0, 1, 1])
+    # Row 0: s+ = 0, s- = 0.99 -> violates. Row 1: s+ = 0, s- = max(0.11, -1) -> violates.
+    # Row 2: s+ = -0.1, s- = 0.99 -> violates. Row 3: s+ = -0.1, s- = 0 -> violates.
+    assert violation_rate(emb, labels) == 1.0
+    separated = np.array([[1.0, 0.0], [0.99, 0.1], [-1.0, 0.0], [-0.99, -0.1]])
+    assert violation_rate(separated, labels) == 0.0
+    assert violation_rate(separated, labels, margin=3.0) == 1.0
+    import torch
+
+    assert violation_rate(torch.tensor(separated, requires_grad=True), torch.tensor(labels)) == 0.0
+    assert np.isnan(violation_rate(separated, np.arange(4)))  # no positives
+
+
 # ----------------------------------------------------------------------------- bank
 def test_bank_update_math() -> None:
     bank = ClassBank(num_classes=4, dim=2, momentum=0.5)
@@ -164,15 +234,18 @@ def test_bank_save_and_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 # ----------------------------------------------------------------------------- service (no Ray)
 def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = MiningConfig(warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3)
+    config = _config(rule="greedy", warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3)
     path = tmp_path / "bank.npz"
     service = MiningService(200, 32, config, seed=0, checkpoint_path=str(path))
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
     assert service.next_classes(1, 20)["mined"] is False  # cold: random classes
     service.publish(1, np.arange(120), emb[:120])
-    answer = service.next_classes(2, 20)
-    assert answer["mined"] is True and answer["negative_similarity"] > 0.9
+    # The answer for step t reads the publishes of steps <= t - PUBLISH_LAG only.
+    assert service.next_classes(1 + PUBLISH_LAG - 1, 20)["mined"] is False
+    answer = service.next_classes(1 + PUBLISH_LAG, 20)
+    assert answer["mined"] is True and answer["negative_similarity"] > 0.9 and answer["rule"] == "greedy"
     assert set(answer["classes"]) <= set(range(120))  # greedy picks need an embedding
+    assert answer["staleness_at_selection_max"] == PUBLISH_LAG  # relied on classes published at step 1
     answer = service.next_classes(5, 20)
     assert answer["stale_classes"][:3] == [120, 121, 122]  # never-seen classes first
     assert "stale_classes" not in service.next_classes(6, 20)
@@ -184,15 +257,108 @@ def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # t
 
 
 def test_service_uses_the_graph_on_large_banks() -> None:
-    config = MiningConfig(warmup_coverage=0.5, random_share=0.0, exact_below_classes=100, num_neighbours=8)
+    config = _config(
+        rule="greedy",
+        warmup_coverage=0.5,
+        random_share=0.0,
+        exact_below_classes=100,
+        num_neighbours=8,
+        graph_rebuild_steps=5,
+    )
     service = MiningService(200, 32, config, seed=0)
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
     service.publish(1, np.arange(200), emb)
-    assert service.wait_for_graph(timeout_s=30)
+    # The graph of the bank at step 5 is used from step 5 + R + PUBLISH_LAG on; random before.
+    first = 5 + 5 + PUBLISH_LAG
+    assert service.next_classes(first - 1, 20)["reason"] == "graph_pending"
+    answer = service.next_classes(first, 20)
+    assert answer["mined"] is True and answer["graph_step"] == 5
     stats = service.stats()
-    assert stats["selection"] == "graph" and stats["graph_step"] == 1
-    picks = np.asarray(service.next_classes(2, 20)["classes"])
-    assert np.all(np.bincount(picks // 2) % 2 == 0)
+    assert stats["selection"] == "graph" and stats["graph_step"] in (5, 10)  # the newest graph built
+    assert np.all(np.bincount(np.asarray(answer["classes"]) // 2) % 2 == 0)
+
+
+def test_random_rule_and_warmup_schedule() -> None:
+    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    random_rule = MiningService(200, 32, _config(rule="random", warmup_coverage=0.0), seed=0)
+    random_rule.publish(0, np.arange(200), emb)
+    answer = random_rule.next_classes(10, 20)
+    assert answer["mined"] is False and answer["reason"] == "rule" and answer["hard_share"] == 0.0
+    config = _config(warmup_coverage=0.0, warmup_steps=10, ramp_steps=10, random_share=0.2)
+    service = MiningService(200, 32, config, seed=0)
+    assert [service.hard_share(t) for t in (0, 9, 10, 14, 19, 30)] == pytest.approx([0, 0, 0.08, 0.4, 0.8, 0.8])
+    service.publish(0, np.arange(200), emb)
+    assert service.next_classes(9, 40)["reason"] == "warmup"
+    late = service.next_classes(30, 40)
+    assert late["mined"] is True and late["hard_share"] == pytest.approx(0.8)
+    pairs = np.asarray(late["classes"][:32]) // 2  # 16 groups of a seed and its twin, then 8 random classes
+    assert np.all(pairs[0::2] == pairs[1::2])
+
+
+def test_fresh_within_steps_mines_only_recently_refreshed_classes() -> None:
+    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    config = _config(warmup_coverage=0.0, random_share=0.0, fresh_within_steps=10)
+    service = MiningService(200, 32, config, seed=0)
+    service.publish(0, np.arange(100), emb[:100])  # old by step 40
+    service.publish(35, np.arange(100, 200), emb[100:])
+    answer = service.next_classes(40, 40)
+    # Seeds of the old half have no trusted embedding: their slots go to random classes.
+    assert answer["mined"] is True and answer["staleness_at_selection_max"] == 40 - 35
+    stale_config = _config(warmup_coverage=0.0, random_share=0.0)
+    any_age = MiningService(200, 32, stale_config, seed=0)
+    any_age.publish(0, np.arange(100), emb[:100])
+    any_age.publish(35, np.arange(100, 200), emb[100:])
+    assert any_age.next_classes(40, 40)["staleness_at_selection_max"] == 40
+
+
+def _drive(service: MiningService, steps: range, n: int, emb: np.ndarray, seed: int) -> list[list[int]]:
+    """Run a service as the training side does: ask two steps ahead, publish each step's classes
+    (and every 5th step a refresh of the stale classes it was told), in the loop's order."""
+    answers = []
+    for t in steps:
+        answer = service.next_classes(t, n)
+        service.next_classes(t + 1, n)
+        service.next_classes(t + 2, n)
+        classes = np.asarray(answer["classes"])
+        noise = np.random.default_rng([seed, t]).standard_normal((n, emb.shape[1])).astype(np.float32)
+        drift = 0.3 * np.sin(t / 7.0)  # the model moves: the class embeddings change with t
+        service.publish(t, classes, emb[classes] + drift * noise)
+        stale = answer.get("stale_classes", [])
+        if stale:
+            service.publish(t, np.asarray(stale), emb[np.asarray(stale)])
+        answers.append(answer["classes"])
+    return answers
+
+
+@pytest.mark.parametrize("search", ["exact", "graph"])
+@pytest.mark.parametrize("rule", ["seed_neighbours", "greedy"])
+def test_resumed_service_answers_as_the_uninterrupted_one(tmp_path, search: str, rule: str) -> None:  # type: ignore[no-untyped-def]
+    """Save at step s, restore into a fresh service: the answers from s on are the same."""
+    emb = _clusters(num_clusters=150, size=2, dim=16, noise=0.1)
+    config = _config(
+        rule=rule,
+        warmup_coverage=0.3,
+        warmup_steps=4,
+        ramp_steps=6,
+        refresh_every=5,
+        refresh_after_steps=4,
+        refresh_max_classes=16,
+        exact_below_classes=100 if search == "graph" else 100_000,
+        num_neighbours=8,
+        graph_rebuild_steps=6,
+    )
+    n, total, s = 24, 60, 27
+    uninterrupted = MiningService(300, 16, config, seed=3)
+    full = _drive(uninterrupted, range(total), n, emb, seed=1)
+    first = MiningService(300, 16, config, seed=3)
+    _drive(first, range(s), n, emb, seed=1)
+    path = first.save(str(tmp_path / "state.npz"))
+    resumed = MiningService(300, 16, config, seed=3)
+    assert resumed.restore(path) == s - 1
+    assert _drive(resumed, range(s, total), n, emb, seed=1) == full[s:]
+    assert sum(answer != full[0] for answer in full) > 0 and uninterrupted.stats()["selections"] > 0
+    if search == "graph":
+        assert uninterrupted.stats()["graph_step"] is not None
 
 
 def test_mining_config_validation() -> None:
