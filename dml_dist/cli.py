@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", default="0", help="peers: comma-separated seeds (mean and spread over them)")
     bench.add_argument("--peer-lr", type=float, default=1e-3, help="peers: Adam learning rate of the PML rows")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="peers: override a config field")
+    bench.add_argument(
+        "--backbones", default="config,conv4_bn", help="peers: backbones of the PML rows (config, conv4_bn)"
+    )
     bench.add_argument("--runs", help="peers: where the dml-dist run directories go (default runs/bench-peers)")
     bench.set_defaults(func=cmd_bench)
 
@@ -468,7 +471,7 @@ def run_bench_suite(args: argparse.Namespace) -> dict:
         return run_peers_bench(
             args.config, args.set, data=args.data, eval_data=args.eval_data, steps=args.steps, n=args.n,
             seeds=[int(s) for s in args.seeds.split(",")], quick=args.quick, peer_lr=args.peer_lr,
-            runs=Path(args.runs) if args.runs else None,
+            runs=Path(args.runs) if args.runs else None, backbones=tuple(args.backbones.split(",")),
         )  # fmt: skip
     if args.suite == "mining":
         from dml_dist.bench.mining import run_mining_bench

@@ -294,10 +294,15 @@ def run_peers_bench(
     quick: bool = False,
     peer_lr: float = PEER_LR,
     runs: Path | None = None,
+    backbones: tuple[str, ...] = BACKBONE_NAMES,
 ) -> dict[str, Any]:
-    """Train every row (per seed), print the table, return the figures."""
+    """Train every row (per seed), print the table, return the figures. ``backbones``: the PML
+    rows' backbones (``config``, ``conv4_bn``), for a config whose backbone already is a Conv-4."""
     from dml_dist.bench.reproduce import OMNIGLOT_ZIP, REPO
 
+    unknown = sorted(set(backbones) - set(BACKBONE_NAMES))
+    if unknown:
+        raise ValueError(f"--backbones: unknown backbone {unknown[0]!r}; valid: {', '.join(BACKBONE_NAMES)}")
     if data is None:
         data = "omniglot" if OMNIGLOT_ZIP.is_file() else "procedural"
     steps = steps if steps is not None else (QUICK_STEPS if quick else None)
@@ -323,7 +328,7 @@ def run_peers_bench(
         ]
         config = load_config(config_path, dml_overrides)
         threads = config.train.workers
-        for backbone in BACKBONE_NAMES:
+        for backbone in backbones:
             for loss in PEER_LOSSES:
                 name = f"{loss.name} | {describe_backbone(config, backbone)}"
                 _record(per_seed, name, run_peer_row(config, paths, loss, backbone, peer_lr, threads))

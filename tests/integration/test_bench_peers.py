@@ -52,3 +52,10 @@ def test_conv4_flattens_its_last_map(size: int, features: int) -> None:
 def test_throughput_leaves_the_first_step_out() -> None:
     assert steady_samples_per_second([10, 20, 20], [5.0, 1.0, 1.0]) == pytest.approx(20.0)
     assert steady_samples_per_second([10], [2.0]) == pytest.approx(5.0)
+
+
+def test_an_unknown_backbone_is_refused_before_any_training() -> None:
+    from dml_dist.bench.peers import run_peers_bench
+
+    with pytest.raises(ValueError, match="--backbones: unknown backbone 'resnet'"):
+        run_peers_bench(backbones=("config", "resnet"))
