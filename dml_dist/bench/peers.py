@@ -121,10 +121,10 @@ def _multi_similarity() -> tuple[nn.Module, nn.Module | None]:
     return losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(epsilon=0.1)
 
 
-PEER_LOSSES = (
+PEER_LOSSES = (  # the strongest peer first: a run cut short still has it
+    PeerLoss("PML multi-similarity + MS miner", _multi_similarity),
     PeerLoss("PML N-pair (Sohn, L2 0.002)", _npair),
     PeerLoss("PML triplet + semihard miner", _triplet),
-    PeerLoss("PML multi-similarity + MS miner", _multi_similarity),
 )
 BACKBONE_NAMES = ("config", "conv4_bn")
 
