@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_config_schema)
 
     bench = add_command("bench", "benchmark suites")
-    bench.add_argument("suite", choices=["losses", "scaling", "mining", "data", "reproduce"])
+    bench.add_argument("suite", choices=["losses", "scaling", "mining", "data", "reproduce", "peers"])
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--sizes", default="128,320,1000", help="losses: comma-separated N")
     bench.add_argument("--repeats", type=int, default=7, help="losses: timed repeats per case")
@@ -177,12 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", help="data: image folder or .zip (default: the Omniglot zip, else procedural)")
     bench.add_argument("--loader-workers", type=int, default=0, help="data: DataLoader workers (0 = in-process)")
     bench.add_argument("--classes", type=int, default=100_000, help="mining: C classes to select from")
-    bench.add_argument("--quick", action="store_true", help="reproduce: the tiny scale (minutes), not the full one")
+    bench.add_argument("--quick", action="store_true", help="reproduce, peers: the tiny scale, not the full one")
     bench.add_argument("--only", help="reproduce: comma-separated groups (losses,n,omniglot); default all")
     bench.add_argument("--out", default="docs/results", help="reproduce: where results.md and the plots go")
-    bench.add_argument("--steps", type=int, help="reproduce: steps of every run (default: the scale's)")
-    bench.add_argument("--n", type=int, help="reproduce: N of the procedural loss comparison (default 128)")
+    bench.add_argument("--steps", type=int, help="reproduce, peers: steps of every run (default: the scale's)")
+    bench.add_argument("--n", type=int, help="reproduce: N of the procedural loss comparison (default 128); peers: N")
     bench.add_argument("--n-sweep", help="reproduce: the N of the sweep, comma-separated (default 64,...,1000)")
+    bench.add_argument("--config", default="omniglot", help="peers: the dml-dist config every row follows")
+    bench.add_argument(
+        "--data", help="peers: omniglot (alphabet split), procedural, or a training shard directory (with --eval-data)"
+    )
+    bench.add_argument("--eval-data", help="peers: held-out shard directory")
+    bench.add_argument("--seeds", default="0", help="peers: comma-separated seeds (mean and spread over them)")
+    bench.add_argument("--peer-lr", type=float, default=1e-3, help="peers: Adam learning rate of the PML rows")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="peers: override a config field")
+    bench.add_argument(
+        "--backbones", default="config,conv4_bn", help="peers: backbones of the PML rows (config, conv4_bn)"
+    )
+    bench.add_argument("--runs", help="peers: where the dml-dist run directories go (default runs/bench-peers)")
     bench.set_defaults(func=cmd_bench)
 
     submit = add_command("submit", "submit a training job to a Ray cluster (Ray Jobs)")
@@ -453,6 +465,14 @@ def run_bench_suite(args: argparse.Namespace) -> dict:
         return run_reproduction(
             args.out, quick=args.quick, only=args.only, steps=args.steps, n=args.n, n_sweep=args.n_sweep
         )
+    if args.suite == "peers":
+        from dml_dist.bench.peers import run_peers_bench
+
+        return run_peers_bench(
+            args.config, args.set, data=args.data, eval_data=args.eval_data, steps=args.steps, n=args.n,
+            seeds=[int(s) for s in args.seeds.split(",")], quick=args.quick, peer_lr=args.peer_lr,
+            runs=Path(args.runs) if args.runs else None, backbones=tuple(args.backbones.split(",")),
+        )  # fmt: skip
     if args.suite == "mining":
         from dml_dist.bench.mining import run_mining_bench
 
