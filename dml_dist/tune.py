@@ -127,7 +127,9 @@ def run_tune(
     out = out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     cpus_per_trial = int(base.train.workers * _worker_resources(base)["CPU"])
-    init_ray(address, cpus_per_trial)
+    # A local instance gets a CPU beyond the trial's workers: the trial's own process takes a
+    # sliver (TRIAL_DRIVER_CPU), and with exactly the workers' CPUs no trial could start.
+    init_ray(address, cpus_per_trial + 1)
     import ray
 
     concurrent = max(1, int(ray.cluster_resources().get("CPU", 1) // (cpus_per_trial + TRIAL_DRIVER_CPU)))
