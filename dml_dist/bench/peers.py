@@ -249,7 +249,8 @@ def run_dml_dist_row(
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    args = ["train", str(config_path), "--run-dir", str(run_dir), "-q"]
+    # No -q: it would set this process's console (TQDM_DISABLE, library levels) for good.
+    args = ["train", str(config_path), "--run-dir", str(run_dir)]
     args += ["--data", str(paths[0]), "--eval-data", str(paths[1])]
     for item in overrides:
         args += ["--set", item]
