@@ -47,6 +47,18 @@ exec "$@"
 """
 
 
+# A small procedural set, one worker per node, no evaluation before the end (both runs below).
+SMALL_SPREAD_RUN: dict[str, object] = {
+    "data.samples_per_shard": 1000,
+    "data.procedural.num_classes": 600,
+    "data.procedural.num_test_classes": 100,
+    "data.procedural.images_per_class": 8,
+    "batch.num_classes": 64,
+    "train.placement": "STRICT_SPREAD",
+    "train.eval_every": 0,
+}
+
+
 @dataclass
 class Cluster:
     gcs_address: str
@@ -130,13 +142,7 @@ def _wait_for_nodes(address: str, env: dict[str, str], count: int, logs: Path) -
 
 def _train(cluster: Cluster, cwd: Path, *args: str) -> subprocess.Popen:
     settings = {
-        "data.samples_per_shard": 1000,
-        "data.procedural.num_classes": 600,
-        "data.procedural.num_test_classes": 100,
-        "data.procedural.images_per_class": 8,
-        "batch.num_classes": 64,
-        "train.placement": "STRICT_SPREAD",
-        "train.eval_every": 0,
+        **SMALL_SPREAD_RUN,
         "train.log_every": 2,
         "train.checkpoint_every": 10,
         "mining.enabled": True,  # the service's state goes through Ray into the checkpoint in the storage
@@ -284,13 +290,7 @@ def test_submitted_job_runs_across_both_nodes_on_the_storage(cluster: Cluster, k
     """``dml-dist submit --storage``: Ray Jobs runs the driver in a node-local copy of the project,
     and the run and its generated data still land in the storage, with a worker on each node."""
     settings = {
-        "data.samples_per_shard": 1000,
-        "data.procedural.num_classes": 600,
-        "data.procedural.num_test_classes": 100,
-        "data.procedural.images_per_class": 8,
-        "batch.num_classes": 64,
-        "train.placement": "STRICT_SPREAD",
-        "train.eval_every": 0,
+        **SMALL_SPREAD_RUN,
     }
     cmd = [sys.executable, "-m", "dml_dist", "submit", "configs/quickstart.yaml", "--address", cluster.dashboard]
     cmd += ["--working-dir", str(REPO), "--storage", str(cluster.storage), "--run-dir", "runs/submitted"]
