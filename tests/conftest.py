@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dml_dist.config.schema import DataConfig, ProceduralDataConfig
+from dml_dist.distributed.collectives import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_ZIP = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
@@ -49,12 +49,6 @@ def ray_session():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_http(url: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -85,7 +79,7 @@ def prometheus_server(ray_session, tmp_path_factory: pytest.TempPathFactory):
             raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
         yield None
         return
-    port = _free_port()
+    port = free_local_port()
     storage = tmp_path_factory.mktemp("prometheus")
     from ray._private import worker
 

@@ -28,7 +28,7 @@ import torch
 
 from dml_dist.config.loader import config_to_dict, load_config
 from dml_dist.data.datasets import resolve_data
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 from dml_dist.mining.client import RandomClasses
 from dml_dist.mining.selection import violation_rate
 from dml_dist.mining.service import MiningService

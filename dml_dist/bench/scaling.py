@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dml_dist.config.schema import EngineConfig, ModelConfig
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
 from dml_dist.observability.logging import quiet_libraries

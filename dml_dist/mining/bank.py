@@ -16,11 +16,12 @@ restarted mining actor restores itself.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dml_dist.atomic import atomic_path
 
 
 class ClassBank:
@@ -94,9 +95,8 @@ class ClassBank:
         """Write the bank (and ``extra`` arrays or scalars) to ``path`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **self.state_dict(), **extra)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp.npz") as tmp:
+            np.savez(tmp, **self.state_dict(), **extra)
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore from ``save``'s file; returns the ``extra`` values saved with it (0-d arrays as scalars)."""

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.images import decode_batch
 from dml_dist.data.shards import BadSample, IndexedShards
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 
 
 def refresh_samples(

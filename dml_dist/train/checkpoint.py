@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from dml_dist.dist import collectives
+from dml_dist.atomic import write_json_atomic
+from dml_dist.distributed import collectives
 
 MANIFEST = "complete.json"
 MINING_STATE = "mining_state.npz"
@@ -70,9 +71,7 @@ def file_hashes(directory: Path) -> dict[str, dict[str, Any]]:
 def write_manifest(directory: Path, step: int, files: dict[str, dict[str, Any]] | None = None) -> None:
     """Record every file of a finished checkpoint (``files``: of every rank); written atomically, last."""
     files = file_hashes(directory) if files is None else files
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
-    tmp.replace(directory / MANIFEST)
+    write_json_atomic(directory / MANIFEST, {"step": step, "files": files}, indent=1)
 
 
 def verify(directory: Path) -> str | None:

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import config_to_dict, save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import resolve_data
@@ -163,7 +164,7 @@ def run_training(
     result["samples_per_second"] = result.get("mean_samples_per_second")
     if mining_stats:
         result["mining"] = mining_stats
-        run_files.write_json_atomic(run_dir / "mining.json", mining_stats)
+        write_json_atomic(run_dir / "mining.json", mining_stats)
     result["train_seconds"] = time.perf_counter() - started
     return result
 

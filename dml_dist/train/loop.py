@@ -31,11 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import config_to_dict, from_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.data.shards import skipped_samples_total
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
 from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.losses import build_loss
@@ -135,7 +136,7 @@ class Trainer:
         print(f"[rank {self.rank}] node {here['node_id'][:12]} host {here['host']} pid {here['pid']}", flush=True)
         placement = collectives.all_gather_object(here)
         if self.rank == 0:
-            run_files.write_json_atomic(self.run_dir / run_files.PLACEMENT, placement)
+            write_json_atomic(self.run_dir / run_files.PLACEMENT, placement)
         return placement
 
     def _resume(self) -> int:
@@ -339,7 +340,7 @@ class Trainer:
             "history": self.eval_history,
             "metrics": held.report.as_dict(),
         }
-        run_files.write_json_atomic(self.run_dir / run_files.EVAL, result)
+        write_json_atomic(self.run_dir / run_files.EVAL, result)
         self.last_eval = result
         table = format_recall_table({"untrained": {int(k): v for k, v in untrained.items()}, f"step {step}": recall})
         print(

@@ -9,11 +9,12 @@ engine state of every rank and the mining state), ``placement.json`` (each rank'
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dml_dist.atomic import atomic_path, write_text_atomic
 
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
@@ -21,12 +22,6 @@ EMBEDDER = "embedder.pt"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 PLACEMENT = "placement.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -39,16 +34,13 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     if not path.is_file():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(row + "\n" for row in rows))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(row + "\n" for row in rows))
 
 
 def save_embedder(path: Path, model: torch.nn.Module, config: dict[str, Any], step: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": state, "config": config, "step": step}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": state, "config": config, "step": step}, tmp)
 
 
 def load_embedder_state(path: Path) -> dict[str, Any]:

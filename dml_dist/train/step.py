@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 
 LossFn = Callable[..., torch.Tensor]
 

@@ -13,7 +13,7 @@ from dml_dist.config.schema import EngineConfig, ModelConfig
 from dml_dist.data.images import decode_batch
 from dml_dist.data.sampler import random_classes, rank_share
 from dml_dist.data.shards import IndexedShards
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
 from dml_dist.train.engine import build_engine

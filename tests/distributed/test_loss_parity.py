@@ -11,14 +11,14 @@ would.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
+from dml_dist.distributed.collectives import free_local_port
 from dml_dist.losses import LOSSES, build_loss
 
 NUM_ROWS, IN_DIM, DIM = 24, 10, 6
@@ -72,12 +72,6 @@ def _rank_main(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_all_gathered_losses_equal_the_single_process_loss(world: int) -> None:
-    mp.spawn(_rank_main, args=(world, _free_port()), nprocs=world, join=True)
+    mp.spawn(_rank_main, args=(world, free_local_port()), nprocs=world, join=True)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dml_dist.dist import collectives
+from dml_dist.distributed import collectives
 from dml_dist.losses import LOSSES, build_loss
 from dml_dist.losses.memory import CrossBatchMemory, LossWithMemory, combined_loss
 

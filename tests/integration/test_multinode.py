@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, _free_port, _wait_http, set_args
+from dml_dist.distributed.collectives import free_local_port
+from tests.conftest import REPO, _wait_http, set_args
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -71,9 +72,9 @@ class Cluster:
 
 def _ray_start(extra: list[str], temp_dir: str) -> list[str]:
     ports = {
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
+        "--dashboard-agent-listen-port": free_local_port(),
+        "--dashboard-agent-grpc-port": free_local_port(),
+        "--runtime-env-agent-port": free_local_port(),
     }
     return [
         RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
@@ -97,7 +98,7 @@ def cluster() -> Iterator[Cluster]:
     storage = Path(tempfile.mkdtemp(prefix="dml-dist-storage-", dir="/var/tmp"))  # outside /tmp: both nodes
     head_temp = tempfile.mkdtemp(prefix="rmh-", dir="/tmp")  # short: Ray's socket paths must stay short
     node2_temp = f"/tmp/rmn-{secrets.token_hex(4)}"  # inside node 2's private /tmp
-    port, dashboard, node2_metrics = _free_port(), _free_port(), _free_port()
+    port, dashboard, node2_metrics = free_local_port(), free_local_port(), free_local_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TRAIN_ENABLE_PRINT_PATCH="0")
@@ -189,7 +190,7 @@ def head_prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
     sd_file = cluster.head_temp_dir / "prom_metrics_service_discovery.json"
     config = data / "prometheus.yml"
     config.write_text(shipped.replace("/tmp/ray/prom_metrics_service_discovery.json", str(sd_file)))
-    port = _free_port()
+    port = free_local_port()
     proc = subprocess.Popen(
         [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={data}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -17,14 +17,15 @@ import pytest
 
 from dml_dist.cli import main
 from dml_dist.config.schema import DataConfig
-from tests.conftest import REPO, _free_port, _wait_http, set_args, small_data_settings
+from dml_dist.distributed.collectives import free_local_port
+from tests.conftest import REPO, _wait_http, set_args, small_data_settings
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     """Dashboard address of a Ray head started for this module, in its own temp dir and ports."""
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths must stay short
-    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    port, dashboard, agent = free_local_port(), free_local_port(), free_local_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     cmd = [

@@ -21,7 +21,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     import torch
     import torch.distributed as dist
-    from dml_dist.dist.collectives import free_local_port, init_local_gloo
+    from dml_dist.distributed.collectives import free_local_port, init_local_gloo
     init_local_gloo(0, 1, free_local_port())
     dist.all_gather_into_tensor(torch.empty(4), torch.ones(4))  # what DeepSpeed's ZeRO calls every step
     if sys.argv[2] == "engine":

@@ -20,7 +20,7 @@ STEPPER = textwrap.dedent(
     """
     import json, sys, torch
     from dml_dist.config.schema import EngineConfig
-    from dml_dist.dist.collectives import free_local_port, init_local_gloo
+    from dml_dist.distributed.collectives import free_local_port, init_local_gloo
     from dml_dist.train.engine import build_engine
     init_local_gloo(0, 1, free_local_port())
     config = EngineConfig(**json.loads(sys.argv[1]))
