@@ -372,7 +372,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from dml_dist.data.shards import is_complete
+    from dml_dist.data.shard_layout import is_complete
     from dml_dist.eval.api import load_embedder
     from dml_dist.eval.embed import embed_shards_keyed
 

@@ -28,11 +28,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.formats import write_dataset
 from dml_dist.data.images import decode_image
-from dml_dist.data.loader import ClassBatchLoader, DecodeSpec, StreamingClassLoader
+from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.sampler import random_classes
-from dml_dist.data.shards import IndexedShards
+from dml_dist.data.shard_index import IndexedShards
+from dml_dist.data.stream_loader import StreamingClassLoader
 from dml_dist.eval.embed import list_images
 
 OMNIGLOT_ZIP = (

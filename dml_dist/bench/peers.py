@@ -164,9 +164,10 @@ def train_plain(
     threads: int,
 ) -> float:
     """Train ``model`` in a plain loop for ``train.steps`` steps on dml-dist's batches; returns samples/s."""
-    from dml_dist.data.loader import ClassBatchLoader, DecodeSpec
+    from dml_dist.data.decode_spec import DecodeSpec
+    from dml_dist.data.indexed_loader import ClassBatchLoader
     from dml_dist.data.sampler import random_classes
-    from dml_dist.data.shards import IndexedShards
+    from dml_dist.data.shard_index import IndexedShards
 
     seed, n, k = config.train.seed, config.batch.num_classes, config.batch.images_per_class
     loader = ClassBatchLoader(

@@ -98,7 +98,7 @@ RECIPES = [
 def prepare_omniglot(cache: Path) -> tuple[Path, Path]:
     """Unzip the Omniglot zip once and write train / eval shards split by alphabet."""
     from dml_dist.data.formats import write_dataset
-    from dml_dist.data.shards import is_complete
+    from dml_dist.data.shard_layout import is_complete
 
     train, evaluation = cache / "omniglot-shards" / "train", cache / "omniglot-shards" / "eval"
     if is_complete(train) and is_complete(evaluation):

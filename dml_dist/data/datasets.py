@@ -11,7 +11,9 @@ from pathlib import Path
 
 from dml_dist.config.schema import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
-from dml_dist.data.shards import Sample, expand_urls, is_complete, is_remote, write_shards
+from dml_dist.data.shard_layout import is_complete
+from dml_dist.data.shard_writer import Sample, write_shards
+from dml_dist.data.tar_stream import expand_urls, is_remote
 from dml_dist.observability.progress import progress_bar
 
 _GENERATOR_VERSION = 1

@@ -10,7 +10,7 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-from dml_dist.data.shards import Sample
+from dml_dist.data.shard_writer import Sample
 from dml_dist.eval.embed import IMAGE_SUFFIXES
 
 
@@ -59,8 +59,3 @@ def file_samples(items: Iterable[tuple[int, Path]]) -> list[Sample]:
             )
         )
     return samples
-
-
-def folder_samples(classes: list[tuple[str, list[Path]]]) -> list[Sample]:
-    """Samples of ``folder_classes``' output, labelled by class position."""
-    return file_samples((label, path) for label, (_, files) in enumerate(classes) for path in files)

@@ -30,7 +30,8 @@ from typing import Any
 
 from dml_dist.data.folder import file_samples, folder_classes
 from dml_dist.data.images import image_problem
-from dml_dist.data.shards import Sample, read_manifest, write_shards
+from dml_dist.data.shard_layout import read_manifest
+from dml_dist.data.shard_writer import Sample, write_shards
 from dml_dist.observability.progress import progress_bar
 
 FORMATS = ("folder", "cub200", "cars196", "sop", "inshop", "procedural")

@@ -23,8 +23,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-AUGMENTATIONS = ("none", "flip_crop", "affine")
-
 
 def decode_image(
     data: bytes,
@@ -120,11 +118,6 @@ def _random_crop_box(size: tuple[int, int], rng: np.random.Generator) -> tuple[i
     side = min(width, height)  # fall back to the central square
     left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
-
-
-def decode_grayscale(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image -> float32 [image_size, image_size] in [-1, 1] (grayscale, resized if needed)."""
-    return decode_image(data, image_size, 1)[0]
 
 
 def decode_batch(images: Sequence[bytes], image_size: int, channels: int = 1) -> torch.Tensor:

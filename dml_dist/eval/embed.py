@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dml_dist.data.images import decode_batch
-from dml_dist.data.shards import expand_urls, is_complete, iter_tar_samples, read_manifest
+from dml_dist.data.shard_layout import is_complete, read_manifest
+from dml_dist.data.tar_stream import expand_urls, iter_tar_samples
 from dml_dist.observability.progress import progress_bar
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

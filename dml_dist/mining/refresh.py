@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.config.schema import ExperimentConfig
+from dml_dist.data.bad_data import BadSample
 from dml_dist.data.images import decode_batch
-from dml_dist.data.shards import BadSample, IndexedShards
+from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
 
 

@@ -35,7 +35,6 @@ from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import config_to_dict, from_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
-from dml_dist.data.shards import skipped_samples_total
 from dml_dist.distributed import collectives
 from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
 from dml_dist.eval.retrieval import format_recall_table
@@ -301,7 +300,7 @@ class Trainer:
             # a step earlier: mining/client.py): the loader's workers decode them while t trains.
             upcoming = collectives.broadcast_object(self.classes.peek(step + 1) if self.rank == 0 else None)
             self.loader.prefetch(step + 1, upcoming)
-        skipped = skipped_samples_total()
+        skipped = self.loader.skipped_samples
         self.metrics.observe_data_skips(skipped - self.skips_reported)
         self.skips_reported = skipped
         return images, labels

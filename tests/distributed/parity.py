@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from dml_dist.config.schema import EngineConfig, ModelConfig
 from dml_dist.data.images import decode_batch
 from dml_dist.data.sampler import random_classes, rank_share
-from dml_dist.data.shards import IndexedShards
+from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model

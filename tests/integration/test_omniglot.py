@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from dml_dist.cli import main
-from dml_dist.data.shards import IndexedShards, read_manifest
+from dml_dist.data.shard_index import IndexedShards
+from dml_dist.data.shard_layout import read_manifest
 from tests.conftest import OMNIGLOT_ZIP, REPO
 
 TRAIN_ALPHABETS = ("Balinese", "Early_Aramaic", "Greek")

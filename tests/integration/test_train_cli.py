@@ -50,7 +50,7 @@ def test_eval_and_embed_commands_read_the_run(trained_run: Path, small_data: Dat
     images = tmp_path / "images"
     images.mkdir()
     from dml_dist.data.datasets import procedural_root
-    from dml_dist.data.shards import IndexedShards
+    from dml_dist.data.shard_index import IndexedShards
 
     shards = IndexedShards(procedural_root(small_data.procedural, Path(small_data.cache_dir)) / "test")
     for i in range(5):

@@ -16,22 +16,18 @@ from PIL import Image
 from dml_dist.cli import main
 from dml_dist.config.loader import load_config
 from dml_dist.config.schema import DataConfig
-from dml_dist.data import shards as shards_mod
+from dml_dist.data import tar_stream
 from dml_dist.data.datasets import resolve_data
+from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.folder import file_samples
 from dml_dist.data.formats import convert, write_dataset
 from dml_dist.data.images import decode_batch, decode_image
-from dml_dist.data.loader import ClassBatchLoader, DecodeSpec, StreamingClassLoader
-from dml_dist.data.shards import (
-    IndexedShards,
-    Sample,
-    expand_urls,
-    is_complete,
-    read_manifest,
-    skipped_samples_total,
-    stream_samples,
-    write_shards,
-)
+from dml_dist.data.indexed_loader import ClassBatchLoader
+from dml_dist.data.shard_index import IndexedShards
+from dml_dist.data.shard_layout import is_complete, read_manifest
+from dml_dist.data.shard_writer import Sample, write_shards
+from dml_dist.data.stream_loader import StreamingClassLoader
+from dml_dist.data.tar_stream import expand_urls, stream_samples
 
 
 def png_bytes(seed: int, size: int = 12, mode: str = "L") -> bytes:
@@ -179,14 +175,14 @@ def test_bad_data_in_streams_is_skipped_counted_and_named(tmp_path: Path, caplog
         world_size=1,
         rank=0,
     )
-    before = skipped_samples_total()
+    before = loader.skipped_samples
     with caplog.at_level(logging.WARNING, logger="dml_dist.data"):
         images, labels = loader.load(0, [0])
     assert labels.tolist() == [7, 7] and images.shape == (2, 1, 12, 12)
     # The rest of the pass: an empty shard, and a corrupt header that loses g6 (whose image came
     # before it) and h7; no class fills, so a second pass serves class 7 again.
     assert loader.load(1, [0])[1].tolist() == [7, 7]
-    assert skipped_samples_total() - before == 6 + 4  # every skip is counted; each is warned once
+    assert loader.skipped_samples - before == 6 + 4  # every skip is counted; each is warned once
     text = caplog.text
     for shard, key in [
         ("bad-000000.tar", "b1"),
@@ -209,11 +205,11 @@ def test_bad_data_in_indexed_reads_is_replaced_counted_and_named(
         handle.seek(offset)
         handle.write(b"\0" * size)  # an undecodable image inside an intact tar
     loader = ClassBatchLoader(shards, DecodeSpec(12), seed=0, images_per_class=3, world_size=1, rank=0)
-    before = skipped_samples_total()
+    before = loader.skipped_samples
     with caplog.at_level(logging.WARNING, logger="dml_dist.data"):
         images, labels = loader.load(0, [1, 2])
     assert images.shape == (6, 1, 12, 12) and labels.tolist() == [1, 1, 1, 2, 2, 2]
-    assert skipped_samples_total() - before >= 1
+    assert loader.skipped_samples - before >= 1
     assert f"skipped {key} in shard {shards.shards[0]}" in caplog.text
     # A shard cut short: its samples are skipped, the batch is still full.
     last = shard_dir / shards.shards[2]
@@ -417,4 +413,4 @@ def test_samples_must_be_grouped_by_class(tmp_path: Path) -> None:
     mixed = [samples[0], Sample(1, "k1", samples[0].read), Sample(0, "k2", samples[0].read)]
     with pytest.raises(ValueError, match="grouped by class"):
         write_shards(mixed, tmp_path / "x", 10, {})
-    assert shards_mod.is_remote("pipe:cat x") and not shards_mod.is_remote("/tmp/x.tar")
+    assert tar_stream.is_remote("pipe:cat x") and not tar_stream.is_remote("/tmp/x.tar")

@@ -375,7 +375,7 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
     import torch
 
     from dml_dist.data.datasets import resolve_data
-    from dml_dist.data.shards import IndexedShards
+    from dml_dist.data.shard_index import IndexedShards
     from dml_dist.mining.refresh import refresh_stale_classes
     from dml_dist.models import build_model
 

@@ -13,7 +13,7 @@ from dml_dist.cli import main
 from dml_dist.config.schema import ProceduralDataConfig
 from dml_dist.data.images import decode_image, image_problem
 from dml_dist.data.procedural import render_png
-from dml_dist.data.shards import IndexedShards
+from dml_dist.data.shard_index import IndexedShards
 
 
 def image_folder(root: Path) -> tuple[Path, Path]:
