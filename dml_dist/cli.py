@@ -245,16 +245,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dml_dist.config.loader import load_config
     from dml_dist.config.schema import DataConfig
     from dml_dist.train.storage import resolve_run_dir, resolve_storage
+    from dml_dist.train.uri_storage import is_uri
     from dml_dist.tune import METRIC, results_table, run_tune
 
     overrides = list(args.set) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     config = load_config(args.config, overrides)
     storage = resolve_storage(args.storage, config)
+    if storage is not None and is_uri(storage):
+        raise ValueError(f"--storage: {storage}: dml-dist tune needs a directory every node mounts (URIs: train only)")
     if storage is not None:
-        overrides.append(f"train.storage={json.dumps(str(storage))}")
+        overrides.append(f"train.storage={json.dumps(storage)}")
         if config.data.cache_dir == DataConfig().cache_dir:
-            overrides.append(f"data.cache_dir={json.dumps(str(storage / 'data'))}")
-    out = resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage)
+            overrides.append(f"data.cache_dir={json.dumps(str(Path(storage) / 'data'))}")
+    out = Path(resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage))
     report = run_tune(args.config, overrides, args.space, args.trials, out, args.grace_steps, args.address)
     keys = list(report["best"]["params"])
     print(results_table(report["trials"], keys), end="")
@@ -295,13 +298,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_summary(result: dict[str, Any], run_dir: Path, format_recall_table: Any) -> str:
+def run_summary(result: dict[str, Any], run_dir: Path | str, format_recall_table: Any) -> str:
     """The block printed at the end of ``dml-dist train``: held-out Recall@K against untrained,
     time and throughput, where the files are, and what to run next."""
-    run_dir = Path(result.get("run_dir") or run_dir).resolve()
+    from dml_dist.train.uri_storage import is_uri
+
+    run_dir = result.get("run_dir") or run_dir
+    if is_uri(str(run_dir)):  # files in a URI storage: say where, nothing to run on them here
+        return "\n".join(["", *_recall_lines(result, format_recall_table), f"run directory {run_dir}"])
+    run_dir = Path(run_dir).resolve()
+    lines = ["", *_recall_lines(result, format_recall_table)]
+    nodes = {where["node_id"] for where in result.get("placement", [])}
+    if len(nodes) > 1:
+        ranks = ", ".join(f"rank {w['rank']} on {w['node_id'][:8]}" for w in result["placement"])
+        lines.append(f"workers on {len(nodes)} nodes: {ranks}")
+    gallery = result.get("gallery") or (run_dir / "gallery.png")
+    files = [("run directory", run_dir), ("curves", result.get("curves")), ("gallery", gallery)]
+    lines += [f"{label:<14}{path}" for label, path in files if path and Path(path).exists()]
+    lines.append(f"next: dml-dist eval {run_dir}")
+    lines.append(f"      dml-dist embed {run_dir} --images DIR --out embeddings.npy")
+    return "\n".join(lines)
+
+
+def _recall_lines(result: dict[str, Any], format_recall_table: Any) -> list[str]:
+    """Held-out Recall@K against untrained, and time and throughput."""
     recall = {int(k): v for k, v in result.get("recall", {}).items()}
     untrained = {int(k): v for k, v in result.get("untrained_recall", {}).items()}
-    lines = [""]
+    lines = []
     if recall:
         held = ""
         if "num_queries" in result and "num_classes" in result:
@@ -317,16 +340,7 @@ def run_summary(result: dict[str, Any], run_dir: Path, format_recall_table: Any)
         pace.append(f"{float(result['samples_per_second']):,.0f} samples/s")
     if pace:
         lines.append(", ".join(pace))
-    nodes = {where["node_id"] for where in result.get("placement", [])}
-    if len(nodes) > 1:
-        ranks = ", ".join(f"rank {w['rank']} on {w['node_id'][:8]}" for w in result["placement"])
-        lines.append(f"workers on {len(nodes)} nodes: {ranks}")
-    gallery = result.get("gallery") or (run_dir / "gallery.png")
-    files = [("run directory", run_dir), ("curves", result.get("curves")), ("gallery", gallery)]
-    lines += [f"{label:<14}{path}" for label, path in files if path and Path(path).exists()]
-    lines.append(f"next: dml-dist eval {run_dir}")
-    lines.append(f"      dml-dist embed {run_dir} --images DIR --out embeddings.npy")
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from dml_dist.losses import build_loss
 from dml_dist.mining.service import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
 from dml_dist.observability.logging import library_level, worker_env
-from dml_dist.train import checkpoint, run_files
+from dml_dist.train import checkpoint, run_files, uri_storage
 from dml_dist.train.errors import TrainingStopped
 from dml_dist.train.loop import NONFINITE_MARK, WorkerPlan, train_loop_per_worker
 from dml_dist.train.storage import SharedPath, check_nodes_see
@@ -69,7 +69,7 @@ def init_ray(address: str | None, cpus: int) -> None:
 
 def run_training(
     config: ExperimentConfig,
-    run_dir: Path,
+    run_dir: Path | str,
     address: str | None = None,
     resume: bool = False,
     callbacks: list[Any] | None = None,
@@ -89,25 +89,31 @@ def run_training(
     num_train_classes = _usable_classes(config, paths.train)
     check_batch_fits(config, num_train_classes)
     check_pretrained_weights(config.model)  # before Ray starts: one clear line, not a worker traceback
-    run_dir = run_dir.resolve()
-    checkpoints = run_dir / run_files.CHECKPOINTS
-    if not resume and checkpoint.has_checkpoints(checkpoints):
-        raise ValueError(
-            f"--run-dir {run_dir} already holds checkpoints: pass --resume to continue that run, "
-            "or choose another --run-dir"
-        )
-    if resume and checkpoint.latest_good(checkpoints) is None:
-        raise ValueError(f"--resume: {checkpoints} holds no complete checkpoint to resume from")
+    remote = uri_storage.is_uri(str(run_dir))
+    run_uri = str(run_dir)
+    # With a URI run directory the driver writes its files into a local mirror and uploads them.
+    mirror = uri_storage.RunMirror(run_uri, fresh=True, kind="driver") if remote else None
+    run_dir = mirror.local if mirror is not None else Path(run_dir).resolve()
+    _check_resume(run_uri if remote else run_dir / run_files.CHECKPOINTS, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / run_files.METRICS).unlink(missing_ok=True)
     save_config(config, run_dir / run_files.CONFIG)
     init_ray(address, int(config.train.workers * _worker_resources(config)["CPU"]))
-    check_nodes_see(_shared_paths(run_dir, paths.train, paths.eval))
-    job_name = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
+    train_shards, eval_shards = str(paths.train), str(paths.eval)
+    if remote:
+        # Shards the driver holds go to the storage; each node copies them into its own scratch.
+        storage = config.train.storage if config.train.storage and uri_storage.is_uri(config.train.storage) else run_uri
+        if isinstance(paths.train, Path):
+            train_shards = uri_storage.publish_shards(paths.train, storage)
+        eval_shards = uri_storage.publish_shards(paths.eval, storage)
+        mirror.push([run_files.CONFIG])  # type: ignore[union-attr]
+    check_nodes_see(_shared_paths(run_uri if remote else str(run_dir), train_shards, eval_shards, paths.train))
+    job_name = f"{Path(run_uri.split('?')[0]).name}-{uuid.uuid4().hex[:8]}"
     actor = None
     if config.mining.enabled:
-        # A fresh run starts with an empty bank; the file is what a restarted actor restores.
+        # A fresh run starts with an empty bank; the file is what a restarted actor restores
+        # (node-local scratch with a URI storage: the checkpoints carry the state across nodes).
         if not resume:
             (run_dir / BANK_FILE).unlink(missing_ok=True)
         actor = start_mining_actor(
@@ -120,9 +126,9 @@ def run_training(
         )
     plan = WorkerPlan(
         config=config_to_dict(config),
-        train_shards=str(paths.train),
-        eval_shards=str(paths.eval),
-        run_dir=str(run_dir),
+        train_shards=train_shards,
+        eval_shards=eval_shards,
+        run_dir=run_uri if remote else str(run_dir),
         job_name=job_name,
         mining_actor=actor,
         resume=resume,
@@ -138,7 +144,7 @@ def run_training(
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train V2 takes logging_config; mypy reads V1
             name=run_files.CHECKPOINTS,  # Ray Train's run directory: RUN_DIR/checkpoints/step-NNNNNN
-            storage_path=str(run_dir),
+            storage_path=run_uri if remote else str(run_dir),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
             logging_config=LoggingConfig(log_level=library_level()),
@@ -147,7 +153,7 @@ def run_training(
     )
     print(
         f"train: {config.train.workers} workers, global batch {config.batch.num_classes} classes x "
-        f"{config.batch.images_per_class} images, {config.train.steps} steps, run dir {run_dir}",
+        f"{config.batch.images_per_class} images, {config.train.steps} steps, run dir {run_uri}",
         flush=True,
     )
     started = time.perf_counter()
@@ -165,16 +171,35 @@ def run_training(
     if mining_stats:
         result["mining"] = mining_stats
         write_json_atomic(run_dir / "mining.json", mining_stats)
+    if mirror is not None and mining_stats:
+        mirror.push(["mining.json"])
     result["train_seconds"] = time.perf_counter() - started
     return result
 
 
-def _shared_paths(run_dir: Path, train: Path | str, evaluation: Path) -> list[SharedPath]:
-    """What every node must see: the run directory (read and write) and the local shard directories."""
-    paths = [SharedPath("--run-dir", str(run_dir), writable=True)]
-    if isinstance(train, Path):
-        paths.append(SharedPath("data.train_shards", str(train / "manifest.json"), writable=False))
-    paths.append(SharedPath("data.eval_shards", str(evaluation / "manifest.json"), writable=False))
+def _check_resume(checkpoints: Path | str, resume: bool) -> None:
+    """Refuse a fresh run over existing checkpoints, and a resume without any (local or URI run)."""
+    if isinstance(checkpoints, str):
+        tags = [t for t in uri_storage.list_dirs(uri_storage.join(checkpoints, run_files.CHECKPOINTS))]
+        found, where = any(t.startswith(checkpoint.PREFIX) for t in tags), checkpoints
+    else:
+        found, where = checkpoint.has_checkpoints(checkpoints), str(checkpoints.parent)
+    if not resume and found:
+        raise ValueError(
+            f"--run-dir {where} already holds checkpoints: pass --resume to continue that run, "
+            "or choose another --run-dir"
+        )
+    if resume and (not found if isinstance(checkpoints, str) else checkpoint.latest_good(checkpoints) is None):
+        raise ValueError(f"--resume: {where} holds no complete checkpoint to resume from")
+
+
+def _shared_paths(run_dir: str, train: str, evaluation: str, driver_train: Path | str) -> list[SharedPath]:
+    """What every node must see: the run directory (read and write) and the shard directories."""
+    paths = [SharedPath("--run-dir", run_dir, writable=True)]
+    join = uri_storage.join if uri_storage.is_uri(run_dir) else (lambda a, b: str(Path(a) / b))
+    if isinstance(driver_train, Path):
+        paths.append(SharedPath("data.train_shards", join(train, "manifest.json"), writable=False))
+    paths.append(SharedPath("data.eval_shards", join(evaluation, "manifest.json"), writable=False))
     return paths
 
 

@@ -49,7 +49,7 @@ from dml_dist.observability.logging import quiet_libraries
 from dml_dist.observability.metrics import NullMetrics, RayMetrics
 from dml_dist.observability.plots import write_training_curves
 from dml_dist.observability.progress import format_step_line
-from dml_dist.train import checkpoint, run_files
+from dml_dist.train import checkpoint, run_files, uri_storage
 from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.step import optimizer_step
 from dml_dist.train.storage import node_info
@@ -77,9 +77,19 @@ class WorkerPlan:
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
     """Ray Train entry point: build everything from the plan, then train."""
     quiet_libraries()  # this worker's library loggers and known warnings (observability/logging.py)
-    plan = WorkerPlan(**plan_dict)
+    plan = localize_shards(WorkerPlan(**plan_dict))
     config = from_dict(ExperimentConfig, plan.config, prefix="")
     Trainer(config, plan).run()
+
+
+def localize_shards(plan: WorkerPlan) -> WorkerPlan:
+    """With a URI run directory, shard directories in the storage are read from node-local copies."""
+    if not uri_storage.is_uri(plan.run_dir):
+        return plan
+    train, evaluation = plan.train_shards, plan.eval_shards
+    if uri_storage.is_uri(train) and uri_storage.exists(uri_storage.join(train, uri_storage.MANIFEST)):
+        train = str(uri_storage.localize_shards(train))
+    return dataclasses.replace(plan, train_shards=train, eval_shards=str(uri_storage.localize_shards(evaluation)))
 
 
 class Trainer:
@@ -88,7 +98,9 @@ class Trainer:
     def __init__(self, config: ExperimentConfig, plan: WorkerPlan):
         self.config = config
         self.plan = plan
-        self.run_dir = Path(plan.run_dir)
+        # A URI run directory: rank 0 writes into a node-local mirror that report() uploads.
+        self.mirror = uri_storage.RunMirror(plan.run_dir, fresh=True) if uri_storage.is_uri(plan.run_dir) else None
+        self.run_dir = self.mirror.local if self.mirror is not None else Path(plan.run_dir)
         self.rank = collectives.rank()
         self.world_size = collectives.world_size()
         use_gpu = config.train.use_gpu and torch.cuda.is_available()
@@ -126,8 +138,8 @@ class Trainer:
         self.skipped_steps = 0
         self.samples_done = 0
         self.seconds_done = 0.0
+        self.start_step = self._resume()  # first: a resume on a URI storage pulls the run's files
         self.placement = self._announce_placement()
-        self.start_step = self._resume()
 
     def _announce_placement(self) -> list[dict[str, Any]]:
         """Every rank's node, host and pid, in rank order (printed by each rank, reported by rank 0)."""
@@ -151,8 +163,7 @@ class Trainer:
         reported = ray.train.get_checkpoint()
         # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
         # sealed checkpoint here is this run's, also one whose report a failure cut short.
-        checkpoints = Path(reported.path).parent if reported is not None else self.run_dir / run_files.CHECKPOINTS
-        good = checkpoint.latest_good(checkpoints)
+        checkpoints, good = self._latest_good_checkpoint(reported)
         if good is None:
             if self.plan.resume or reported is not None:
                 raise RuntimeError(f"no intact checkpoint to resume from in {checkpoints}")
@@ -166,6 +177,8 @@ class Trainer:
             self.classes.restore_state(str(mining_file))
         if self.rank == 0:
             print(f"resuming from {checkpoints / good.tag} at step {step}", flush=True)
+            if self.mirror is not None:
+                self.mirror.pull()
             run_files.append_jsonl(self.run_dir / "resumes.jsonl", {"resumed_from": step, "time": time.time()})
             run_files.truncate_metrics(self.run_dir / run_files.METRICS, after_step=step)
             eval_file = self.run_dir / run_files.EVAL
@@ -173,6 +186,21 @@ class Trainer:
                 history = json.loads(eval_file.read_text())["history"]
                 self.eval_history = [h for h in history if h["step"] <= step]
         return step
+
+    def _latest_good_checkpoint(self, reported: Any) -> tuple[Path, checkpoint.GoodCheckpoint | None]:
+        """The directory holding the newest intact checkpoint, and that checkpoint (or None).
+
+        On a URI storage the checkpoints are copied into node-local scratch, newest first.
+        """
+        if self.mirror is None:
+            local = Path(reported.path).parent if reported is not None else self.run_dir / run_files.CHECKPOINTS
+            return local, checkpoint.latest_good(local)
+        if reported is not None:
+            fs, parent = reported.filesystem, reported.path.rstrip("/").rsplit("/", 1)[0]
+        else:
+            fs, parent = uri_storage.filesystem(uri_storage.join(self.plan.run_dir, run_files.CHECKPOINTS))
+        found = uri_storage.fetch_latest_good(fs, parent)
+        return found if found is not None else (Path(parent), None)
 
     def _class_source(self) -> RandomClasses:
         args = (self.config.train.seed, self.loader.num_classes, self.config.batch.num_classes)
@@ -354,6 +382,8 @@ class Trainer:
         import ray.train
 
         metrics = self._report_metrics(step, row)
+        if self.rank == 0 and self.mirror is not None:
+            self.mirror.push()
         if not with_checkpoint:
             ray.train.report(metrics)
             return
@@ -386,9 +416,13 @@ class Trainer:
             metrics.update({f"recall@{k}": v for k, v in self.last_eval["recall"].items()})
         if step == self.config.train.steps and self.last_eval:
             summary = {k: v for k, v in self.last_eval.items() if k not in ("history", "step")}
-            metrics.update(summary, placement=self.placement, run_dir=str(self.run_dir))
-            metrics["curves"] = str(self.run_dir / "curves.png")
+            metrics.update(summary, placement=self.placement, run_dir=self.plan.run_dir)
+            metrics["curves"] = _join(self.plan.run_dir, "curves.png")
         return metrics
+
+
+def _join(run_dir: str, name: str) -> str:
+    return uri_storage.join(run_dir, name) if uri_storage.is_uri(run_dir) else str(Path(run_dir) / name)
 
 
 def _due(done: int, every: int) -> bool:

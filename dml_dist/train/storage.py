@@ -1,20 +1,23 @@
 """Where a run lives when its workers may sit on any node: the storage, and a check that every node sees it.
 
 A run has one *storage*: a directory on a file system that every node mounts (NFS, EFS, a
-Kubernetes ReadWriteMany volume). It comes from ``--storage``, else ``train.storage``, else the
-``DML_DIST_STORAGE`` environment variable; without any, the run stays on the driver's disk as on
-one machine (``runs/NAME`` and ``data/cache`` under the working directory).
+Kubernetes ReadWriteMany volume), or a URI that Ray Train's storage accepts (``s3://``,
+``gs://``: anything ``pyarrow.fs`` opens; ``uri_storage.py`` says how files reach it). It comes
+from ``--storage``, else ``train.storage``, else the ``DML_DIST_STORAGE`` environment variable;
+without any, the run stays on the driver's disk as on one machine (``runs/NAME`` and
+``data/cache`` under the working directory).
 
 With a storage ``S``:
 - the run directory defaults to ``S/runs/NAME``, and a relative ``--run-dir`` is taken inside ``S``;
-- generated data (the procedural set) goes to ``S/data`` unless ``data.cache_dir`` is set;
+- generated data (the procedural set) goes to ``S/data`` unless ``data.cache_dir`` is set (with a
+  URI storage it is generated on the driver's disk and uploaded to ``S/data``);
 - Ray Train's ``storage_path`` is the run directory, so checkpoints land in ``RUN/checkpoints``.
 
 Every file a worker reads or writes is then in ``S`` or in node-local scratch it creates itself
 (``tempfile``). ``check_nodes_see`` proves it before training: the driver writes a probe file
 with a random token, and one task pinned to each alive node reads it back and writes its own, so
-a path that one node cannot see fails in one line naming the path and the node, before any
-worker starts.
+a path that one node cannot see (or a URI its credentials cannot reach) fails in one line naming
+the path and the node, before any worker starts.
 """
 
 from __future__ import annotations
@@ -26,36 +29,48 @@ from pathlib import Path
 from typing import Any
 
 from dml_dist.config.schema import DataConfig, ExperimentConfig
+from dml_dist.train import uri_storage
 
 STORAGE_ENV = "DML_DIST_STORAGE"
 PROBE_DIR = ".dml-dist-probe"
 
 
-def resolve_storage(flag: str | None, config: ExperimentConfig) -> Path | None:
-    """The run's storage directory (flag, then ``train.storage``, then ``DML_DIST_STORAGE``), or None."""
+def resolve_storage(flag: str | None, config: ExperimentConfig) -> str | None:
+    """The run's storage (flag, then ``train.storage``, then ``DML_DIST_STORAGE``): an absolute
+    directory or a URI that ``pyarrow.fs`` opens (checked here, naming ``storage``), or None."""
     value = flag or config.train.storage or os.environ.get(STORAGE_ENV)
     if not value:
         return None
-    if "://" in value:
-        raise ValueError(
-            f"storage: {value} is a URI; give the directory where every node mounts it (for example an "
-            "NFS, EFS or ReadWriteMany volume path such as /mnt/dml-dist)"
-        )
-    return Path(value).expanduser().absolute()
+    if value.startswith("file://"):
+        value = value[len("file://") :]
+    if uri_storage.is_uri(value):
+        uri_storage.filesystem(value)
+        return value
+    return str(Path(value).expanduser().absolute())
 
 
-def resolve_run_dir(run_dir: str | None, config_name: str, storage: Path | None) -> Path:
-    """``--run-dir`` (inside the storage when relative), else ``STORAGE/runs/NAME`` or ``runs/NAME``."""
+def resolve_run_dir(run_dir: str | None, config_name: str, storage: str | None) -> Path | str:
+    """``--run-dir`` (inside the storage when relative), else ``STORAGE/runs/NAME`` or ``runs/NAME``.
+
+    A URI (given, or inside a URI storage) is returned as a string: ``Path`` would fold its ``//``.
+    """
+    if run_dir is not None and uri_storage.is_uri(run_dir):
+        return run_dir
     chosen = Path(run_dir) if run_dir else Path("runs") / config_name
     if storage is not None and not chosen.is_absolute():
-        chosen = storage / chosen
+        if uri_storage.is_uri(storage):
+            return uri_storage.join(storage, chosen.as_posix())
+        chosen = Path(storage) / chosen
     return chosen.absolute()
 
 
-def place_data(data: DataConfig, storage: Path | None) -> None:
-    """Generated data goes to ``STORAGE/data`` when the cache directory is left at its default."""
-    if storage is not None and data.cache_dir == DataConfig().cache_dir:
-        data.cache_dir = str(storage / "data")
+def place_data(data: DataConfig, storage: str | None) -> None:
+    """Generated data goes to ``STORAGE/data`` when the cache directory is left at its default.
+
+    With a URI storage the data is generated on the driver's disk; the launcher uploads it.
+    """
+    if storage is not None and not uri_storage.is_uri(storage) and data.cache_dir == DataConfig().cache_dir:
+        data.cache_dir = str(Path(storage) / "data")
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ def check_nodes_see(paths: list[SharedPath]) -> list[str]:
     tokens: dict[str, str] = {}
     for shared in paths:
         if shared.writable:
-            tokens[shared.path] = _write_probe(Path(shared.path), "driver")
+            tokens[shared.path] = _write_probe(shared.path, "driver")
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     probe = ray.remote(num_cpus=0)(_probe_on_node)
     pending = {
@@ -96,33 +111,53 @@ def check_nodes_see(paths: list[SharedPath]) -> list[str]:
     return [n["NodeID"] for n in nodes]
 
 
-def _write_probe(directory: Path, writer: str) -> str:
+def _write_probe(directory: str, writer: str) -> str:
     token = uuid.uuid4().hex
-    probe_dir = directory / PROBE_DIR
-    probe_dir.mkdir(parents=True, exist_ok=True)
-    (probe_dir / f"{writer}-{token}").write_text(token)
+    _write(directory, f"{writer}-{token}", token)
     return token
+
+
+def _write(directory: str, name: str, text: str) -> None:
+    """Write ``directory/PROBE_DIR/name`` (a local directory or a URI)."""
+    if uri_storage.is_uri(directory):
+        uri_storage.write_bytes(uri_storage.join(directory, PROBE_DIR, name), text.encode())
+        return
+    probe_dir = Path(directory) / PROBE_DIR
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    (probe_dir / name).write_text(text)
+
+
+def _read(directory: str, name: str) -> str:
+    if uri_storage.is_uri(directory):
+        return uri_storage.read_bytes(uri_storage.join(directory, PROBE_DIR, name)).decode()
+    return (Path(directory) / PROBE_DIR / name).read_text()
+
+
+def _exists(path: str) -> bool:
+    return uri_storage.exists(path) if uri_storage.is_uri(path) else Path(path).exists()
 
 
 def _probe_on_node(paths: list[SharedPath], tokens: dict[str, str], node_id: str) -> str | None:
     """Runs on one node: None when every path is visible there, else what is wrong (one phrase)."""
     for shared in paths:
-        path = Path(shared.path)
-        if not shared.writable:
-            if not path.exists():
-                return f"{shared.what}: {path} does not exist"
-            continue
-        probe = path / PROBE_DIR / f"driver-{tokens[shared.path]}"
+        path = shared.path
         try:
-            seen = probe.read_text()
-        except OSError:
+            if not shared.writable:
+                if not _exists(path):
+                    return f"{shared.what}: {path} does not exist"
+                continue
+        except (OSError, ValueError) as err:
+            return f"{shared.what}: {path} cannot be read ({err})"
+        try:
+            seen = _read(path, f"driver-{tokens[shared.path]}")
+        except (OSError, ValueError):
             return f"{shared.what}: {path} is not the driver's {path} (the driver's probe file is not there)"
         if seen != tokens[shared.path]:
             return f"{shared.what}: {path} holds another probe than the driver wrote"
         try:
-            (path / PROBE_DIR / f"node-{node_id[:12]}").write_text(seen)
-        except OSError as err:
-            return f"{shared.what}: {path} is not writable ({err.strerror})"
+            _write(path, f"node-{node_id[:12]}", seen)
+        except (OSError, ValueError) as err:
+            return f"{shared.what}: {path} is not writable ({getattr(err, 'strerror', None) or err})"
     return None
 
 

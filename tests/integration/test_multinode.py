@@ -6,7 +6,9 @@ driver's working directory, pytest's temporary directories) nor anything the dri
 there. Only the storage (under /var/tmp) and the project's own files are visible to both.
 Token authentication is on (``RAY_AUTH_MODE=token`` and a generated ``RAY_AUTH_TOKEN`` on both
 nodes and the driver). One training run proves placement, resume after the node-2 worker is
-killed, results under the storage and metrics of both ranks scraped by a real Prometheus.
+killed, results under the storage and metrics of both ranks scraped by a real Prometheus. A
+second run uses a URI storage (``s3://`` on an S3-compatible server on the head, moto's
+standalone server) and is killed the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,7 @@ def cluster() -> Iterator[Cluster]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TRAIN_ENABLE_PRINT_PATCH="0")
+    env.update(S3_CREDENTIALS, AWS_DEFAULT_REGION="us-east-1")  # as an IAM role would give every node
     head_cmd = _ray_start(
         ["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"], head_temp
     )
@@ -126,6 +129,44 @@ def cluster() -> Iterator[Cluster]:
         head_log.close()
         node2_log.close()
         shutil.rmtree(storage, ignore_errors=True)
+
+
+@dataclass
+class S3:
+    storage: str  # the URI a user passes as --storage (pyarrow options in the query)
+
+    def read(self, *parts: str) -> bytes:
+        from dml_dist.train import uri_storage
+
+        return uri_storage.read_bytes(uri_storage.join(self.storage, *parts))
+
+    def exists(self, *parts: str) -> bool:
+        from dml_dist.train import uri_storage
+
+        return uri_storage.exists(uri_storage.join(self.storage, *parts))
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "dml-dist-test", "AWS_SECRET_ACCESS_KEY": "dml-dist-test"}
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3]:
+    """An S3-compatible server on the head (moto's standalone server: a real HTTP S3 API), with
+    one bucket; every node reaches it on 127.0.0.1 with the credentials in the cluster's env."""
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.is_file():
+        raise RuntimeError("moto_server is missing: pip install 'moto[server]' (the test extra)")
+    port = free_local_port()
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", 30)
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/dml-dist", method="PUT"), timeout=10)
+        yield S3(f"s3://dml-dist/shared?endpoint_override=127.0.0.1:{port}&scheme=http")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _wait_for_nodes(address: str, env: dict[str, str], count: int, logs: Path) -> None:
@@ -156,23 +197,27 @@ def _train(cluster: Cluster, cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> None:
+def _wait_until(done: Callable[[], bool], what: str, proc: subprocess.Popen, seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while not path.is_file():
+    while not done():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear (driver exit code {proc.poll()})")
+            raise TimeoutError(f"{what} did not happen (driver exit code {proc.poll()})")
         time.sleep(0.5)
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> None:
+    _wait_until(path.is_file, f"{path} appearing", proc, seconds)
+
+
+def _last_step(metrics_jsonl: str) -> int:
+    lines = metrics_jsonl.splitlines()
+    return int(json.loads(lines[-1])["step"]) if lines else 0
+
+
 def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-        if lines and json.loads(lines[-1])["step"] >= step:
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise TimeoutError(f"step {step} not reached (driver exit code {proc.poll()})")
-        time.sleep(0.3)
+    metrics = run_dir / "metrics.jsonl"
+    done = lambda: metrics.is_file() and _last_step(metrics.read_text()) >= step  # noqa: E731
+    _wait_until(done, f"step {step}", proc, seconds)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +275,27 @@ def killed_run(cluster: Cluster, head_prometheus: str | None, tmp_path_factory: 
     }
 
 
+@pytest.fixture(scope="module")
+def killed_uri_run(cluster: Cluster, s3_server: S3, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """As ``killed_run``, with ``--storage s3://...``: nothing of the run touches a shared disk."""
+    cwd = tmp_path_factory.mktemp("driver-uri")
+    proc = _train(cluster, cwd, "--storage", s3_server.storage, "--run-dir", "runs/uri", "--steps", "30")
+    run = ("runs", "uri")
+    try:
+        _wait_until(lambda: s3_server.exists(*run, "placement.json"), "placement.json", proc, 300)
+        placement = json.loads(s3_server.read(*run, "placement.json"))
+        done = lambda: s3_server.exists(*run, "checkpoints", "step-000010", "complete.json")  # noqa: E731
+        _wait_until(done, "the step-10 checkpoint", proc, 300)
+        at_14 = lambda: _last_step(s3_server.read(*run, "metrics.jsonl").decode()) >= 14  # noqa: E731
+        _wait_until(at_14, "step 14", proc, 300)
+        os.kill(placement[1]["pid"], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"placement": placement, "out": out, "code": proc.returncode}
+
+
 def test_auth_is_on_and_the_cluster_has_two_nodes(cluster: Cluster) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/", timeout=10)
@@ -253,6 +319,25 @@ def test_two_node_run_resumes_after_its_node2_worker_is_killed(killed_run: dict)
     assert (run_dir / "embedder.pt").is_file() and (run_dir / "curves.png").is_file()
     assert list((killed_run["run_dir"].parent.parent / "data").glob("procedural-*/train/manifest.json"))
     print(f"2 nodes: placement {[(p['rank'], p['node_id'][:8]) for p in after]}, resumed from step {resumed[0]}, "
+          f"R@1 {result['untrained_recall']['1']:.3f} untrained -> {result['recall']['1']:.3f}")  # fmt: skip
+
+
+def test_a_uri_storage_run_resumes_from_its_checkpoint_in_the_bucket(killed_uri_run: dict, s3_server: S3) -> None:
+    out, run = killed_uri_run["out"], ("runs", "uri")
+    assert killed_uri_run["code"] == 0, out[-4000:]
+    first = killed_uri_run["placement"]
+    after = json.loads(s3_server.read(*run, "placement.json"))
+    assert first[0]["node_id"] != first[1]["node_id"] and after[1]["pid"] != first[1]["pid"], (first, after)
+    resumed = [json.loads(line)["resumed_from"] for line in s3_server.read(*run, "resumes.jsonl").splitlines()]
+    assert len(resumed) == 1 and resumed[0] >= 10, resumed
+    rows = [json.loads(line) for line in s3_server.read(*run, "metrics.jsonl").splitlines()]
+    assert [r["step"] for r in rows] == list(range(2, 31, 2))
+    result = json.loads(s3_server.read(*run, "eval.json"))
+    assert result["step"] == 30 and result["recall"]["1"] > result["untrained_recall"]["1"], result
+    assert s3_server.exists(*run, "checkpoints", "step-000030", "complete.json")
+    assert s3_server.exists(*run, "embedder.pt") and s3_server.exists(*run, "config.yaml")
+    assert "run directory s3://dml-dist/shared/runs/uri?" in out, out[-2000:]  # the driver's summary
+    print(f"2 nodes, s3 storage: resumed from step {resumed[0]}, "
           f"R@1 {result['untrained_recall']['1']:.3f} untrained -> {result['recall']['1']:.3f}")  # fmt: skip
 
 

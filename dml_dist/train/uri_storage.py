@@ -1,0 +1,219 @@
+"""A storage given as a URI (``s3://``, ``gs://``, anything ``pyarrow.fs`` opens): mirrors and copies.
+
+Ray Train writes checkpoints to such a storage itself (``storage_path`` is a URI). Everything
+else a run reads or writes is a plain file that code opens with ``open()``, so with a URI storage:
+
+- **Run files** (``config.yaml``, ``metrics.jsonl``, ``eval.json``, ``embedder.pt``, ...) are
+  written by rank 0 into a :class:`RunMirror`: a node-local directory it creates itself, pushed
+  to ``URI/runs/NAME`` after every report and at the end, and pulled first when a run resumes on
+  another node. Checkpoints are not part of the mirror (Ray Train owns ``RUN/checkpoints``).
+- **Shards**: the driver uploads each shard directory once to ``URI/data/NAME-HASH`` (``HASH`` of
+  its manifest; the manifest is uploaded last, so a directory without one is incomplete); each
+  worker copies it into node-local scratch (:func:`localize_shards`) before reading by class.
+- **Checkpoints to resume from** are copied into node-local scratch (:func:`fetch_latest_good`).
+
+A URI may carry ``pyarrow`` options as a query (``s3://bucket/dml?endpoint_override=host:9000``);
+the query belongs to the file system, so :func:`join` puts path parts before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dml_dist.train.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
+from dml_dist.train.checkpoint import PREFIX, GoodCheckpoint, verify
+
+SCRATCH = "dml-dist"
+MANIFEST = "manifest.json"  # data/shards.py: a shard directory is complete once it holds this
+CHECKPOINTS = "checkpoints"
+
+
+def is_uri(value: str | os.PathLike[str] | None) -> bool:
+    """True for ``scheme://...`` storages other than ``file://`` (which is a directory)."""
+    return isinstance(value, str) and "://" in value and not value.startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` with path ``parts`` appended, before any ``?query`` of file-system options."""
+    base, sep, query = uri.partition("?")
+    path = "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return path + sep + query
+
+
+def filesystem(uri: str, what: str = "storage") -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path inside it)`` for ``uri``; a clear error naming ``what`` otherwise."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError with the reason
+        raise ValueError(f"{what}: cannot open {uri} ({err})") from err
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return bytes(stream.read())
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the directories directly under ``uri`` (empty when it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+
+
+def upload_dir(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
+    """Copy the files of ``local`` (recursively, except top-level names in ``skip``) to ``uri``."""
+    fs, root = filesystem(uri)
+    for path in sorted(local.rglob("*")):
+        relative = path.relative_to(local)
+        if not path.is_file() or relative.parts[0] in skip or path.name.endswith(".tmp"):
+            continue
+        target = f"{root}/{relative.as_posix()}"
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with path.open("rb") as source, fs.open_output_stream(target) as sink:
+            shutil.copyfileobj(source, sink, length=1 << 20)
+
+
+def download_dir(uri: str, local: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Copy everything under ``uri`` (except top-level names in ``skip``) into ``local``."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(uri)
+    local.mkdir(parents=True, exist_ok=True)
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        relative = info.path[len(root) :].lstrip("/")
+        if info.type != pafs.FileType.File or relative.split("/")[0] in skip:
+            continue
+        target = local / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, length=1 << 20)
+    return local
+
+
+def scratch_dir(kind: str, key: str) -> Path:
+    """A node-local directory for ``key`` (a URI) that this node's workers share."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / SCRATCH / kind / digest
+
+
+class RunMirror:
+    """A node-local copy of a run directory whose home is ``uri`` (see the module doc).
+
+    ``kind`` keeps the driver's mirror apart from rank 0's when both run on one node; ``fresh``
+    starts from an empty directory, so files of an earlier run never reach the storage.
+    """
+
+    def __init__(self, uri: str, fresh: bool, kind: str = "runs"):
+        self.uri = uri
+        self.local = scratch_dir(kind, uri)
+        if fresh:
+            shutil.rmtree(self.local, ignore_errors=True)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def pull(self) -> None:
+        """Replace the local copy by the run's files (not its checkpoints): a resumed run continues its logs."""
+        shutil.rmtree(self.local, ignore_errors=True)
+        download_dir(self.uri, self.local, skip=(CHECKPOINTS,))
+
+    def push(self, names: list[str] | None = None) -> None:
+        """Upload the run's files (``names`` only, when given) to ``uri``."""
+        if names is None:
+            upload_dir(self.local, self.uri, skip=(CHECKPOINTS,))
+            return
+        for name in names:
+            write_bytes(join(self.uri, name), (self.local / name).read_bytes())
+
+
+def publish_shards(local: Path, storage: str) -> str:
+    """Upload the shard directory ``local`` to ``STORAGE/data/NAME-HASH`` once; returns that URI."""
+    digest = hashlib.sha256((local / MANIFEST).read_bytes()).hexdigest()[:12]
+    uri = join(storage, "data", f"{local.name}-{digest}")
+    if not exists(join(uri, MANIFEST)):
+        upload_dir(local, uri, skip=(MANIFEST,))
+        write_bytes(join(uri, MANIFEST), (local / MANIFEST).read_bytes())  # last: marks it complete
+    return uri
+
+
+def localize_shards(uri: str) -> Path:
+    """A node-local copy of the shard directory at ``uri`` (copied once per node).
+
+    Workers on one node may copy at once: each copies into its own directory and renames it into
+    place; the loser of that race drops its copy.
+    """
+    final = scratch_dir("data", uri)
+    if (final / MANIFEST).is_file():
+        return final
+    if not exists(join(uri, MANIFEST)):
+        raise ValueError(f"data: {uri} is not a complete shard directory (no {MANIFEST})")
+    partial = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    download_dir(uri, partial)
+    try:
+        os.replace(partial, final)
+    except OSError:  # another worker of this node finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def fetch_latest_good(fs: Any, parent_path: str) -> tuple[Path, GoodCheckpoint] | None:
+    """The newest intact checkpoint under ``parent_path`` on ``fs``, copied to node-local scratch.
+
+    Checkpoints are copied newest first until one verifies against its manifest, so a corrupted
+    newest checkpoint falls back to the one before it, as on a shared file system.
+    """
+    import pyarrow.fs as pafs
+
+    local_parent = scratch_dir("checkpoints", parent_path)
+    infos = fs.get_file_info(pafs.FileSelector(parent_path, allow_not_found=True))
+    tags = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(PREFIX))
+    for tag in reversed(tags):
+        directory = _fetch_tree(fs, f"{parent_path}/{tag}", local_parent / tag)
+        problem = verify(directory)
+        if problem is None:
+            return local_parent, GoodCheckpoint(
+                tag, int(json.loads((directory / CHECKPOINT_MANIFEST).read_text())["step"])
+            )
+        print(f"checkpoint: skipping {parent_path}/{tag}: {problem}", file=sys.stderr, flush=True)
+    return None
+
+
+def _fetch_tree(fs: Any, root: str, target: Path) -> Path:
+    """Copy the files under ``root`` on ``fs`` into a fresh ``target``."""
+    import pyarrow.fs as pafs
+
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        dest = target / info.path[len(root) :].lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as source, dest.open("wb") as sink:
+            shutil.copyfileobj(source, sink, length=1 << 20)
+    return target
