@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dml_dist.bench.reproduce import RECIPES, first_step_reaching, format_markdown, sohn_claim, steps_to_fraction
+from dml_dist.bench.reproduce.recipes import RECIPES
+from dml_dist.bench.reproduce.report import first_step_reaching, format_markdown, sohn_claim, steps_to_fraction
 
 
 def _row(name: str, history: list[tuple[int, float]]) -> dict:
