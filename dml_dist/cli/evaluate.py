@@ -32,7 +32,8 @@ def register(commands: Commands) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dml_dist.data.datasets import resolve_data
     from dml_dist.eval.api import load_embedder
-    from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
+    from dml_dist.eval.gallery import write_run_gallery
+    from dml_dist.eval.heldout import evaluate_shards
     from dml_dist.eval.retrieval import format_report_table
 
     embedder = load_embedder(args.run_dir)

@@ -36,7 +36,8 @@ from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.data.shards import skipped_samples_total
 from dml_dist.distributed import collectives
-from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
+from dml_dist.eval.gallery import write_run_gallery
+from dml_dist.eval.heldout import evaluate_shards
 from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.losses import build_loss

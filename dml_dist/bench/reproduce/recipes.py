@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 GROUPS = ("omniglot", "losses", "n")
@@ -34,8 +34,6 @@ class Recipe:
     loss: dict[str, Any]
     classes_divisor: int = 1
     images_per_class: int = 2
-    note: str = ""
-    extra: list[str] = field(default_factory=list)
 
 
 NPAIR = {"l2_reg": 0.002, "temperature": 0.1}
@@ -70,7 +68,6 @@ def recipe_overrides(recipe: Recipe, n: int) -> list[str]:
         f"loss={{{loss}}}",
         f"batch.num_classes={n // recipe.classes_divisor}",
         f"batch.images_per_class={recipe.images_per_class}",
-        *recipe.extra,
     ]
 
 
