@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Omniglot zip of the tests and bench suites that use real images (--omniglot of `dml-dist bench`).
+export DML_DIST_OMNIGLOT ?= ../shared/data/omniglot/images_background_small1.zip
 
 .PHONY: setup demo test check lint typecheck unit bench clean
 

@@ -17,7 +17,11 @@ from dml_dist.config.schema import DataConfig, ProceduralDataConfig
 from dml_dist.distributed.collectives import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
-OMNIGLOT_ZIP = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
+# The Omniglot zip of the tests that use real images (skipped without it): $DML_DIST_OMNIGLOT (as the
+# bench suites' --omniglot), else the development machine's copy beside the checkout.
+OMNIGLOT_ZIP = Path(
+    os.environ.get("DML_DIST_OMNIGLOT") or REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """``dml-dist bench data``: samples/s of the training loader against plain decoding.
 
-One run, on the same images (the Omniglot zip in ``../shared/data/omniglot`` when present, an
-image folder or zip given with ``--images``, else a small procedural set), converted to shards
-with ``dml-dist shards``' own writer. Figures, each the best of three rounds (readers alternate within a round):
+One run, on the same images (an image folder or zip given with ``--images``, else the Omniglot
+zip given with ``--omniglot`` or ``DML_DIST_OMNIGLOT``, else a small procedural set), converted
+to shards with ``dml-dist shards``' own writer. Figures, each the best of three rounds (readers
+alternate within a round):
 
 - ``decode_floor``: ``decode_image`` of every image's bytes, already in memory, in a loop on one
   core (no file access, no batching): what decoding alone costs;
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dml_dist.bench.omniglot import omniglot_zip
 from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.formats import write_dataset
 from dml_dist.data.images import decode_image
@@ -37,9 +39,6 @@ from dml_dist.data.shard_index import IndexedShards
 from dml_dist.data.stream_loader import StreamingClassLoader
 from dml_dist.eval.embed import list_images
 
-OMNIGLOT_ZIP = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
-)
 IMAGE_SIZE = 32
 NUM_CLASSES = 32
 IMAGES_PER_CLASS = 4
@@ -58,8 +57,8 @@ class FileImages(Dataset):
         return torch.from_numpy(decode_image(self.files[index].read_bytes(), self.image_size))
 
 
-def _image_folder(images: str | None, workdir: Path) -> tuple[Path, str]:
-    source = Path(images) if images else (OMNIGLOT_ZIP if OMNIGLOT_ZIP.is_file() else None)
+def _image_folder(images: str | None, omniglot: str | None, workdir: Path) -> tuple[Path, str]:
+    source = Path(images) if images else omniglot_zip(omniglot)
     if source is None:
         from dml_dist.config.schema import ProceduralDataConfig
         from dml_dist.data.procedural import render_png
@@ -92,11 +91,11 @@ def _best_rates(runs: dict[str, tuple[Any, int]], rounds: int = 3) -> dict[str, 
     return {name: runs[name][1] / best[name] for name in runs}
 
 
-def run_data_bench(images: str | None = None, num_workers: int = 0) -> dict[str, Any]:
+def run_data_bench(images: str | None = None, num_workers: int = 0, omniglot: str | None = None) -> dict[str, Any]:
     """Measure and print the table; returns the figures."""
     with tempfile.TemporaryDirectory(prefix="dml-bench-data-") as tmp:
         workdir = Path(tmp)
-        folder, source = _image_folder(images, workdir)
+        folder, source = _image_folder(images, omniglot, workdir)
         write_dataset("folder", folder, workdir / "shards", samples_per_shard=256, holdout=0.0)
         shards = IndexedShards(workdir / "shards")
         encoded = [shards.read(c, s) for c in range(shards.num_classes) for s in range(shards.class_sizes()[c])]

@@ -29,6 +29,7 @@ import torch
 from dml_dist.config.loader import config_to_dict, load_config
 from dml_dist.data.datasets import resolve_data
 from dml_dist.distributed import collectives
+from dml_dist.eval.result import recall_to_json
 from dml_dist.mining.client import RandomClasses
 from dml_dist.mining.selection import violation_rate
 from dml_dist.mining.service import MiningService
@@ -105,7 +106,7 @@ def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eva
             rows.append(row)
             if step + 1 in eval_at:
                 trainer.evaluate(step + 1)
-                evals[step + 1] = dict(trainer.eval_history[-1]["recall"])
+                evals[step + 1] = recall_to_json(trainer.eval_history[-1].recall)
                 print(f"step {step + 1}: R@1 {evals[step + 1]['1']:.4f}", flush=True)
         loop_module.optimizer_step = optimizer_step
         seconds = time.perf_counter() - started

@@ -1,1 +1,2 @@
-"""Retrieval evaluation with faiss, and embedding of images with a trained model."""
+"""Retrieval evaluation with faiss, the run's evaluation record (``eval.json``), the retrieval
+gallery, and embedding of images with a trained model."""

@@ -49,19 +49,6 @@ def embed_encoded(
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def embed_shards(
-    model: nn.Module,
-    directory: str | Path,
-    image_size: int,
-    batch_size: int,
-    device: torch.device,
-    channels: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [n, D], labels [n]) of every sample of a shard directory."""
-    emb, labels, _ = embed_shards_keyed(model, directory, image_size, batch_size, device, channels)
-    return emb, labels
-
-
 def embed_shards_keyed(
     model: nn.Module,
     directory: str | Path,

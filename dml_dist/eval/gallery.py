@@ -3,8 +3,8 @@
 One row per query (one query from each of ``num_queries`` held-out classes, chosen with a fixed
 seed); the query in the first column with a blue frame, then its k nearest gallery images by
 cosine similarity, the query itself excluded: a green frame when the result is of the query's
-class, a red frame and a red cross when it is not. Written to ``gallery.png`` in the run
-directory at the end of training (rank 0) and by ``dml-dist eval``.
+class, a red frame and a red cross when it is not. ``write_run_gallery`` writes it to
+``gallery.png`` in the run directory, at the end of training (rank 0) and in ``dml-dist eval``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dml_dist.config.schema import ExperimentConfig  # noqa: E402
 from dml_dist.eval.embed import read_images  # noqa: E402
+from dml_dist.eval.heldout import HeldOut  # noqa: E402
 from dml_dist.eval.retrieval import normalize_rows  # noqa: E402
 
 GALLERY = "gallery.png"
@@ -93,6 +95,30 @@ def write_gallery(
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return path
+
+
+def write_run_gallery(run_dir: str | Path, held: HeldOut, shards: str | Path, config: ExperimentConfig) -> Path | None:
+    """``gallery.png`` in the run directory (None when turned off); a failure is printed, not raised,
+    so a finished training is never lost to a figure."""
+    if config.eval.gallery_queries <= 0:
+        return None
+    try:
+        return write_gallery(
+            Path(run_dir) / GALLERY,
+            held.emb,
+            held.labels,
+            held.keys,
+            shards,
+            held.query_idx,
+            held.gallery_idx,
+            num_queries=config.eval.gallery_queries,
+            k=config.eval.gallery_top_k,
+            seed=config.train.seed,
+            title=Path(run_dir).name,
+        )
+    except Exception as err:  # noqa: BLE001
+        print(f"eval: could not write {GALLERY}: {err}", flush=True)
+        return None
 
 
 def _show(ax: plt.Axes, data: bytes | None, colour: str, caption: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dml_dist.config.schema import DataConfig, EvalConfig, ExperimentConfig
+from dml_dist.config.schema import DataConfig, EvalConfig
 from dml_dist.data.shard_layout import read_manifest
 from dml_dist.eval.embed import embed_shards_keyed
 from dml_dist.eval.retrieval import RetrievalReport, retrieval_metrics
@@ -76,29 +76,3 @@ def evaluate_shards(
     )
     report.extra["protocol"] = "query/gallery" if is_split else "leave-one-out"
     return HeldOut(emb, labels, keys, report, query, gallery)
-
-
-def write_run_gallery(run_dir: str | Path, held: HeldOut, shards: str | Path, config: ExperimentConfig) -> Path | None:
-    """``gallery.png`` in the run directory (None when turned off); a failure is printed, not raised,
-    so a finished training is never lost to a figure."""
-    from dml_dist.eval.gallery import GALLERY, write_gallery
-
-    if config.eval.gallery_queries <= 0:
-        return None
-    try:
-        return write_gallery(
-            Path(run_dir) / GALLERY,
-            held.emb,
-            held.labels,
-            held.keys,
-            shards,
-            held.query_idx,
-            held.gallery_idx,
-            num_queries=config.eval.gallery_queries,
-            k=config.eval.gallery_top_k,
-            seed=config.train.seed,
-            title=Path(run_dir).name,
-        )
-    except Exception as err:  # noqa: BLE001
-        print(f"eval: could not write {GALLERY}: {err}", flush=True)
-        return None

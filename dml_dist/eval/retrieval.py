@@ -57,11 +57,16 @@ class RetrievalReport:
     num_classes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: Recall keys as strings."""
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: Recall keys as strings (JSON object keys are)."""
         data = asdict(self)
         data["recall"] = {str(k): v for k, v in self.recall.items()}
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RetrievalReport:
+        """The inverse of ``to_json``."""
+        return cls(**{**data, "recall": {int(k): float(v) for k, v in data["recall"].items()}})
 
 
 def normalize_rows(emb_ND: np.ndarray) -> np.ndarray:

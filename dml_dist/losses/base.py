@@ -1,6 +1,6 @@
 """The loss template: shape checks and reference-set handling, one hook per loss.
 
-Contract (``../shared/DESIGN.md``)::
+Contract (every loss, and the training loop that calls it)::
 
     loss(embeddings, labels, ref_embeddings=None, ref_labels=None, ref_start=0, ref_anchors=None) -> scalar
 

@@ -19,7 +19,6 @@ storage every node mounts; scratch for a checkpoint is a node-local temporary di
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -36,7 +35,9 @@ from dml_dist.config.loader import config_to_dict, from_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.distributed import collectives
-from dml_dist.eval.heldout import evaluate_shards, write_run_gallery
+from dml_dist.eval.gallery import write_run_gallery
+from dml_dist.eval.heldout import evaluate_shards
+from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.losses import build_loss
 from dml_dist.losses.memory import LossWithMemory, build_memory
@@ -132,7 +133,7 @@ class Trainer:
         self.memory = build_memory(config.memory, config.model.embedding_dim, self.device)
         self.classes = self._class_source()
         self.metrics = self._metrics_sink()
-        self.eval_history: list[dict[str, Any]] = []
+        self.eval_history: list[EvalPoint] = []
         self.last_eval: dict[str, Any] = {}
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
@@ -183,8 +184,8 @@ class Trainer:
             run_files.truncate_metrics(self.run_dir / run_files.METRICS, after_step=step)
             eval_file = self.run_dir / run_files.EVAL
             if eval_file.is_file():
-                history = json.loads(eval_file.read_text())["history"]
-                self.eval_history = [h for h in history if h["step"] <= step]
+                history = EvalResult.read(eval_file).history
+                self.eval_history = [h for h in history if h.step <= step]
         return step
 
     def _latest_good_checkpoint(self, reported: Any) -> tuple[Path, checkpoint.GoodCheckpoint | None]:
@@ -353,23 +354,22 @@ class Trainer:
         labels, recall = held.labels, held.report.recall  # every metric: eval.json "metrics" (eval/retrieval.py)
         if step == self.config.train.steps:
             write_run_gallery(self.run_dir, held, self.plan.eval_shards, self.config)
-        self.eval_history.append({"step": step, "recall": {str(k): v for k, v in recall.items()}})
+        self.eval_history.append(EvalPoint(step, recall))
         self.metrics.observe_eval(recall)
-        untrained = self.eval_history[0]["recall"]
-        result = {
-            "step": step,
-            "recall": {str(k): v for k, v in recall.items()},
-            "untrained_recall": untrained,
-            "num_queries": int(labels.shape[0]),
-            "num_classes": int(np.unique(labels).shape[0]),
-            "eval_shards": self.plan.eval_shards,
-            "job": self.plan.job_name,
-            "history": self.eval_history,
-            "metrics": held.report.as_dict(),
-        }
-        write_json_atomic(self.run_dir / run_files.EVAL, result)
-        self.last_eval = result
-        table = format_recall_table({"untrained": {int(k): v for k, v in untrained.items()}, f"step {step}": recall})
+        result = EvalResult(
+            step=step,
+            recall=recall,
+            untrained_recall=self.eval_history[0].recall,
+            num_queries=int(labels.shape[0]),
+            num_classes=int(np.unique(labels).shape[0]),
+            eval_shards=self.plan.eval_shards,
+            job=self.plan.job_name,
+            metrics=held.report,
+            history=list(self.eval_history),
+        )
+        result.write(self.run_dir / run_files.EVAL)
+        self.last_eval = result.to_json()  # Ray reports the JSON form (_report_metrics)
+        table = format_recall_table({"untrained": result.untrained_recall, f"step {step}": recall})
         print(
             f"eval at step {step} ({time.perf_counter() - started:.1f} s, {labels.shape[0]} held-out images):\n{table}",
             flush=True,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dml_dist.bench.peers import Conv4BN, steady_samples_per_second
+from dml_dist.bench.peers.models import Conv4BN
+from dml_dist.bench.peers.plain_loop import steady_samples_per_second
 from dml_dist.cli import main
 from dml_dist.config.schema import DataConfig
 from tests.conftest import REPO, set_args, small_data_settings
@@ -55,7 +56,7 @@ def test_throughput_leaves_the_first_step_out() -> None:
 
 
 def test_an_unknown_backbone_is_refused_before_any_training() -> None:
-    from dml_dist.bench.peers import run_peers_bench
+    from dml_dist.bench.peers.suite import run_peers_bench
 
     with pytest.raises(ValueError, match="--backbones: unknown backbone 'resnet'"):
         run_peers_bench(backbones=("config", "resnet"))

@@ -3,7 +3,8 @@
 Train on 3 alphabets, evaluate retrieval on the classes of the other 2 (never seen in training).
 The run takes its loss from a YAML file (multi-similarity with its hyperparameters, not the
 quickstart's N-pair), as a user writes it.
-Skips when ``../shared/data/omniglot/images_background_small1.zip`` is absent.
+Skips when the Omniglot zip is absent (``$DML_DIST_OMNIGLOT``, else
+``../shared/data/omniglot/images_background_small1.zip``: ``tests/conftest.py``).
 """
 
 from __future__ import annotations

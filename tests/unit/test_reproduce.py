@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dml_dist.bench.reproduce import RECIPES, first_step_reaching, format_markdown, sohn_claim, steps_to_fraction
+from pathlib import Path
+
+import pytest
+
+from dml_dist.bench.reproduce.recipes import RECIPES
+from dml_dist.bench.reproduce.report import first_step_reaching, format_markdown, sohn_claim, steps_to_fraction
 
 
 def _row(name: str, history: list[tuple[int, float]]) -> dict:
@@ -35,3 +40,18 @@ def test_every_recipe_keeps_two_n_images_per_step() -> None:
     n = 64
     for recipe in RECIPES:
         assert (n // recipe.classes_divisor) * recipe.images_per_class == 2 * n, recipe.name
+
+
+def test_the_omniglot_group_names_the_option_when_the_zip_is_not_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dml_dist.bench.omniglot import OMNIGLOT_ENV
+    from dml_dist.bench.reproduce.suite import run_reproduction
+
+    monkeypatch.delenv(OMNIGLOT_ENV, raising=False)
+    with pytest.raises(ValueError, match="--omniglot PATH"):
+        run_reproduction(tmp_path, only="omniglot")
+    monkeypatch.setenv(OMNIGLOT_ENV, str(tmp_path / "missing.zip"))
+    with pytest.raises(ValueError, match=f"{OMNIGLOT_ENV}: .*missing.zip is not a file"):
+        run_reproduction(tmp_path, only="omniglot")
+    assert not (tmp_path / "results.md").exists()  # refused before any run

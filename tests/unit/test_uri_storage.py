@@ -12,7 +12,9 @@ S3 = "s3://bucket/team?endpoint_override=127.0.0.1:9000&scheme=http"
 
 
 def test_join_puts_path_parts_before_the_file_system_options() -> None:
-    assert uri_storage.join(S3, "runs", "exp") == "s3://bucket/team/runs/exp?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (
+        uri_storage.join(S3, "runs", "exp") == "s3://bucket/team/runs/exp?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
     assert uri_storage.join("gs://b/", "/data/") == "gs://b/data"
 
 
