@@ -33,6 +33,14 @@ def register(commands: Commands) -> None:
     mining.add_argument("--classes", type=int, default=100_000, help="C classes to select from")
     mining.set_defaults(run=run_mining)
 
+    step = _suite(suites, "mining-step", "training step time with the mining service on over off (ratio, one run)")
+    step.add_argument("--config", default="quickstart", help="the config both sides train")
+    step.add_argument("--steps", type=int, default=150, help="steps of every run")
+    step.add_argument("--rounds", type=int, default=2, help="off/on pairs, alternated")
+    step.add_argument("--ramp", type=int, default=20, help="mining warm-up and ramp steps (steady state after 2x)")
+    step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    step.set_defaults(run=run_mining_step)
+
     data = _suite(suites, "data", "loader samples/s against plain decoding of the same images")
     data.add_argument("--images", help="image folder or .zip (default: the Omniglot zip if given, else procedural)")
     data.add_argument("--omniglot", help=OMNIGLOT_HELP)
@@ -103,6 +111,12 @@ def run_mining(args: argparse.Namespace) -> dict[str, Any]:
     from dml_dist.bench.mining import run_mining_bench
 
     return run_mining_bench(num_classes=args.classes)
+
+
+def run_mining_step(args: argparse.Namespace) -> dict[str, Any]:
+    from dml_dist.bench.mining_step import run_mining_step_bench
+
+    return run_mining_step_bench(args.config, args.steps, args.rounds, args.ramp, args.set)
 
 
 def run_data(args: argparse.Namespace) -> dict[str, Any]:

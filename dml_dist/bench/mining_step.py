@@ -1,0 +1,76 @@
+"""``dml-dist bench mining-step``: the training step with the mining service on, over off, in one run.
+
+The service selects the classes of step t + 1 while step t trains and the loader decodes them
+ahead (``mining/client.py``), so mining should cost a training step nothing but the per-step
+work that stays on the step's path: sending the step's class embeddings, taking the answer, and
+the refresh pass every ``mining.refresh_every`` steps. This bench measures that end to end:
+``dml-dist train CONFIG`` (Ray Train workers, as a user runs it) for ``steps`` steps, alternately
+with ``mining.enabled`` false and true, ``rounds`` times each, the same seed and data. Mining is
+made fully active early (warm-up and ramp of ``ramp`` steps each), and a run's step time is the
+median of ``step_seconds`` (``metrics.jsonl``, every step logged) over the steps after
+``2 * ramp``: mined batches only, evaluation excluded. The ratio is median(on) / median(off) of
+the pooled steady-state steps; alternating the runs keeps a drifting machine load from favouring
+one side. Target: at most 1.03.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def steady_step_seconds(metrics_jsonl: Path, after_step: int) -> list[float]:
+    """``step_seconds`` of the logged steps after ``after_step``."""
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    return [float(r["step_seconds"]) for r in rows if r["step"] > after_step]
+
+
+def run_mining_step_bench(config_name: str, steps: int, rounds: int, ramp: int, overrides: list[str]) -> dict[str, Any]:
+    from dml_dist.config.loader import load_config
+    from dml_dist.observability.logging import local_ray_env
+    from dml_dist.train.launcher import run_training
+
+    if steps <= 2 * ramp + 10:
+        raise ValueError(f"--steps: {steps} leaves fewer than 10 steady steps after 2 x --ramp ({ramp})")
+    for key, value in local_ray_env().items():
+        os.environ.setdefault(key, value)
+    common = [
+        f"train.steps={steps}",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        f"mining.warmup_steps={ramp}",
+        f"mining.ramp_steps={ramp}",
+        *overrides,
+    ]
+    seconds: dict[str, list[float]] = {"off": [], "on": []}
+    medians: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory(prefix="dml-bench-mining-step-") as scratch:
+        for round_index in range(rounds):
+            for side in ("off", "on"):
+                config = load_config(config_name, [*common, f"mining.enabled={side == 'on'}"])
+                run_dir = Path(scratch) / f"{side}-{round_index}"
+                run_training(config, run_dir)
+                steady = steady_step_seconds(run_dir / "metrics.jsonl", after_step=2 * ramp)
+                seconds[side] += steady
+                medians[side].append(statistics.median(steady))
+                print(f"round {round_index + 1}/{rounds} mining {side}: median step {medians[side][-1]:.4f} s")
+    ratio = statistics.median(seconds["on"]) / statistics.median(seconds["off"])
+    per_round = ", ".join(f"{on / off:.3f}" for on, off in zip(medians["on"], medians["off"], strict=True))
+    print(
+        f"step time, mining on / off: {ratio:.3f} (median of {len(seconds['on'])} and {len(seconds['off'])} "
+        f"steady steps; per round: {per_round})"
+    )
+    return {
+        "suite": "mining-step",
+        "config": config_name,
+        "steps": steps,
+        "rounds": rounds,
+        "median_step_seconds": {side: statistics.median(values) for side, values in seconds.items()},
+        "per_round_medians": medians,
+        "ratio_on_over_off": ratio,
+    }
