@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from dml_dist.config import DataConfig
     from dml_dist.config.loader import load_config
-    from dml_dist.config.schema import DataConfig
     from dml_dist.train.storage import resolve_run_dir, resolve_storage
     from dml_dist.tune import METRIC, results_table, run_tune
 

@@ -59,7 +59,7 @@ class FileImages(Dataset):
 def _image_folder(images: str | None, workdir: Path) -> tuple[Path, str]:
     source = Path(images) if images else (OMNIGLOT_ZIP if OMNIGLOT_ZIP.is_file() else None)
     if source is None:
-        from dml_dist.config.schema import ProceduralDataConfig
+        from dml_dist.config import ProceduralDataConfig
         from dml_dist.data.procedural import render_png
 
         config = ProceduralDataConfig(num_classes=136, images_per_class=20, image_size=64)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dml_dist.config.schema import DataConfig, ProceduralDataConfig
+from dml_dist.config import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
 from dml_dist.data.shards import Sample, expand_urls, is_complete, is_remote, write_shards
 from dml_dist.observability.progress import progress_bar

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from dml_dist.data.images import decode_image
 from dml_dist.data.sampler import rank_share
 from dml_dist.data.shards import (

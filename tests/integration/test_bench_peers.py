@@ -13,7 +13,7 @@ import torch
 
 from dml_dist.bench.peers import Conv4BN, steady_samples_per_second
 from dml_dist.cli import main
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from tests.conftest import REPO, set_args, small_data_settings
 
 
