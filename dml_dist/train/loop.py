@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.atomic import write_json_atomic
-from dml_dist.config.loader import config_to_dict, from_dict
+from dml_dist.config.loader import config_to_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.data.shards import skipped_samples_total
@@ -64,9 +64,10 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class WorkerPlan:
-    """What the driver hands every worker (plain data plus the mining actor handle)."""
+    """What the driver hands every worker (Ray pickles it): the validated config, the data and
+    run paths, and the mining actor handle."""
 
-    config: dict[str, Any]
+    config: ExperimentConfig
     train_shards: str
     eval_shards: str
     run_dir: str
@@ -78,16 +79,14 @@ class WorkerPlan:
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
     """Ray Train entry point: build everything from the plan, then train."""
     quiet_libraries()  # this worker's library loggers and known warnings (observability/logging.py)
-    plan = WorkerPlan(**plan_dict)
-    config = from_dict(ExperimentConfig, plan.config, prefix="")
-    Trainer(config, plan).run()
+    Trainer(WorkerPlan(**plan_dict)).run()
 
 
 class Trainer:
     """State of one worker: engine, loss, data, class source, sinks."""
 
-    def __init__(self, config: ExperimentConfig, plan: WorkerPlan):
-        self.config = config
+    def __init__(self, plan: WorkerPlan):
+        self.config = config = plan.config
         self.plan = plan
         self.run_dir = Path(plan.run_dir)
         self.rank = collectives.rank()
