@@ -242,20 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from dml_dist.config import DataConfig
     from dml_dist.config.loader import load_config
-    from dml_dist.train.storage import resolve_run_dir, resolve_storage
+    from dml_dist.train.storage import place_data, resolve_run_dir, resolve_storage
     from dml_dist.tune import METRIC, results_table, run_tune
 
     overrides = list(args.set) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     config = load_config(args.config, overrides)
     storage = resolve_storage(args.storage, config)
     if storage is not None:
-        overrides.append(f"train.storage={json.dumps(str(storage))}")
-        if config.data.cache_dir == DataConfig().cache_dir:
-            overrides.append(f"data.cache_dir={json.dumps(str(storage / 'data'))}")
+        config.train.storage = str(storage)
+        place_data(config.data, storage)
     out = resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage)
-    report = run_tune(args.config, overrides, args.space, args.trials, out, args.grace_steps, args.address)
+    report = run_tune(config, args.space, args.trials, out, args.grace_steps, args.address)
     keys = list(report["best"]["params"])
     print(results_table(report["trials"], keys), end="")
     print(f"best {METRIC} {report['best'][METRIC]:.4f} with {report['best']['params']}")

@@ -60,6 +60,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return from_dict(ExperimentConfig, raw, prefix="")  # every dataclass validates itself as it is built
 
 
+def with_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """A new config: ``config`` with ``a.b.c=value`` overrides applied as ``--set`` does, validated."""
+    return from_dict(ExperimentConfig, apply_overrides(config_to_dict(config), overrides), prefix="")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
     result = _deep_copy(raw)
