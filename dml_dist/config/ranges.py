@@ -1,14 +1,14 @@
-"""The range of every numeric config field, and the field checks every config section runs.
+"""The range of every numeric config field, checked by each config section as it is built.
 
 One table serves two readers: ``check_ranges`` (called by each section's ``validate`` when the
 section is built, so a negative ``engine.lr`` is a one-line ``ValueError`` at load, not a
 DeepSpeed traceback in a worker) and the JSON Schema of ``dml-dist config schema``
 (``minimum``/``maximum``). Fields with rules that involve other fields
 (``data.procedural.num_test_classes`` below ``num_classes``, N divisible by the workers) keep
-those checks in their section (``sections.py``) or in ``ExperimentConfig`` (``schema.py``); their
-entry here is the bound that holds on its own. A list field's bound applies to each element.
+those checks in their section or in ``ExperimentConfig`` (``schema.py``); their entry here is the
+bound that holds on its own. A list field's bound applies to each element.
 
-``tests/unit/test_config_ranges.py`` requires an entry for every int and float field of the
+``tests/unit/test_config_describe.py`` requires an entry for every int and float field of the
 schema, so a new field cannot skip its range.
 """
 
