@@ -62,7 +62,7 @@ def _image_folder(images: str | None, workdir: Path) -> tuple[Path, str]:
         from dml_dist.config import ProceduralDataConfig
         from dml_dist.data.procedural import render_png
 
-        config = ProceduralDataConfig(num_classes=136, images_per_class=20, image_size=64)
+        config = ProceduralDataConfig(num_classes=136, num_test_classes=1, images_per_class=20, image_size=64)
         for c in range(config.num_classes):
             folder = workdir / "images" / f"class{c:04d}"
             folder.mkdir(parents=True)
