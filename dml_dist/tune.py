@@ -9,8 +9,9 @@ The search space is a YAML mapping from dotted config keys to distributions::
     data.augment: {choice: [none, affine]}
 
 Each trial is a whole ``dml-dist train`` run (Ray Train workers, DeepSpeed, the mining service)
-with the sampled values set as ``--set key=value``; every trial's config is validated before
-the search starts on one sample of the space, and again in the trial. Trials report loss and
+on the base config (the typed config ``dml-dist tune`` loaded, storage included) with the
+sampled values set as ``--set key=value`` would; every trial's config is validated before the
+search starts on one sample of the space, and again in the trial. Trials report loss and
 held-out Recall@K through ``ray.train.report`` every ``train.log_every`` steps (Recall@K is that
 of the last evaluation, every ``train.eval_every`` steps), which Ray Tune's ``TuneReportCallback``
 passes on; an ASHA scheduler (Li et al. 2020) stops trials whose Recall@1 trails at its rungs
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from dml_dist.config.loader import load_config, save_config
+from dml_dist.config.loader import save_config, with_overrides
 from dml_dist.config.schema import ExperimentConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
@@ -76,17 +77,16 @@ def ray_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def trial_config(config_path: str, overrides: list[str], params: dict[str, Any]) -> ExperimentConfig:
+def trial_config(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
     """The base config with the sampled values set (validated like ``--set``)."""
-    sampled = [f"{key}={json.dumps(_plain(value))}" for key, value in params.items()]
-    return load_config(config_path, [*overrides, *sampled])
+    return with_overrides(base, [f"{key}={json.dumps(_plain(value))}" for key, value in params.items()])
 
 
-def check_space(config_path: str, overrides: list[str], space: dict[str, dict[str, Any]]) -> None:
+def check_space(base: ExperimentConfig, space: dict[str, dict[str, Any]]) -> None:
     """Fail before the search when a key of the space is not a config field or a sample is invalid."""
     first = {key: _first_value(spec) for key, spec in space.items()}
     try:
-        trial_config(config_path, overrides, first)
+        trial_config(base, first)
     except ValueError as err:
         raise ValueError(f"--space: a sample of the space is not a valid config: {err}") from err
 
@@ -105,23 +105,21 @@ def _plain(value: Any) -> Any:
 
 
 def run_tune(
-    config_path: str,
-    overrides: list[str],
+    base: ExperimentConfig,
     space_path: str,
     trials: int,
     out: Path,
     grace_steps: int,
     address: str | None = None,
 ) -> dict[str, Any]:
-    """Run the search; write ``results.json``, ``results.md`` and ``best.yaml`` into ``out``."""
+    """Run the search on ``base``; write ``results.json``, ``results.md`` and ``best.yaml`` into ``out``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from dml_dist.train.launcher import _worker_resources, init_ray
 
     space = load_space(space_path)
-    check_space(config_path, overrides, space)
-    base = load_config(config_path, overrides)
+    check_space(base, space)
     if trials <= 0:
         raise ValueError(f"--trials: expected a positive number, got {trials}")
     out = out.absolute()
@@ -139,7 +137,7 @@ def run_tune(
 
         from dml_dist.train.launcher import run_training
 
-        config = trial_config(config_path, overrides, params)
+        config = trial_config(base, params)
         run_dir = out / f"trial-{tune.get_context().get_trial_id()}"
         run_training(config, run_dir, callbacks=[TuneReportCallback()])
 
@@ -161,7 +159,7 @@ def run_tune(
         errors = [str(r.error) for r in results if r.error is not None]
         raise RuntimeError(f"tune: no trial reported {METRIC}: {errors[:1]}")
     best = max((r for r in rows if r[METRIC] is not None), key=lambda r: r[METRIC])
-    save_config(trial_config(config_path, overrides, best["params"]), out / "best.yaml")
+    save_config(trial_config(base, best["params"]), out / "best.yaml")
     (out / "results.json").write_text(json.dumps({"metric": METRIC, "trials": rows, "best": best}, indent=2))
     (out / "results.md").write_text(results_table(rows, list(space)))
     return {"trials": rows, "best": best, "out": str(out)}

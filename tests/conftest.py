@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dml_dist.config.schema import DataConfig, ProceduralDataConfig
+from dml_dist.config import DataConfig, ProceduralDataConfig
 from dml_dist.distributed.collectives import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -60,10 +60,10 @@ class FileImages(Dataset):
 def _image_folder(images: str | None, omniglot: str | None, workdir: Path) -> tuple[Path, str]:
     source = Path(images) if images else omniglot_zip(omniglot)
     if source is None:
-        from dml_dist.config.schema import ProceduralDataConfig
+        from dml_dist.config import ProceduralDataConfig
         from dml_dist.data.procedural import render_png
 
-        config = ProceduralDataConfig(num_classes=136, images_per_class=20, image_size=64)
+        config = ProceduralDataConfig(num_classes=136, num_test_classes=1, images_per_class=20, image_size=64)
         for c in range(config.num_classes):
             folder = workdir / "images" / f"class{c:04d}"
             folder.mkdir(parents=True)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dml_dist.bench.timing import median_seconds
-from dml_dist.config.schema import ModelConfig
+from dml_dist.config import ModelConfig
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
 from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dml_dist.config.loader import config_to_dict, load_config
+from dml_dist.config.loader import load_config
 from dml_dist.data.datasets import resolve_data
 from dml_dist.distributed import collectives
 from dml_dist.eval.result import recall_to_json
@@ -71,7 +71,7 @@ def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eva
     data = resolve_data(config.data)
     run_dir = Path("runs/study/tmp") / f"{Path(config_path).stem}-{seed}-{time.time_ns()}"
     plan = WorkerPlan(
-        config=config_to_dict(config),
+        config=config,
         train_shards=str(data.train),
         eval_shards=str(data.eval),
         run_dir=str(run_dir),
@@ -80,7 +80,7 @@ def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eva
     run_dir.mkdir(parents=True, exist_ok=True)
     collectives.init_local_gloo(0, 1, collectives.free_local_port())
     try:
-        trainer = Trainer(config, plan)
+        trainer = Trainer(plan)
         if config.mining.enabled:
             service = MiningService(trainer.loader.num_classes, config.model.embedding_dim, config.mining, seed)
             trainer.classes = LocalMiningClient(service, seed, trainer.loader.num_classes, config.batch.num_classes)

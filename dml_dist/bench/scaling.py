@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from dml_dist.config.schema import EngineConfig, ModelConfig
+from dml_dist.config import EngineConfig, ModelConfig
 from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model

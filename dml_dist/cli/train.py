@@ -132,8 +132,7 @@ def _figures(result: dict[str, Any]) -> list[str]:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from dml_dist.config.loader import load_config
-    from dml_dist.config.schema import DataConfig
-    from dml_dist.train.storage import resolve_run_dir, resolve_storage
+    from dml_dist.train.storage import place_data, resolve_run_dir, resolve_storage
     from dml_dist.train.uri_storage import is_uri
     from dml_dist.tune import METRIC, results_table, run_tune
 
@@ -143,11 +142,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if storage is not None and is_uri(storage):
         raise ValueError(f"--storage: {storage}: dml-dist tune needs a directory every node mounts (URIs: train only)")
     if storage is not None:
-        overrides.append(f"train.storage={json.dumps(storage)}")
-        if config.data.cache_dir == DataConfig().cache_dir:
-            overrides.append(f"data.cache_dir={json.dumps(str(Path(storage) / 'data'))}")
+        config.train.storage = storage
+        place_data(config.data, storage)
     out = Path(resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage))
-    report = run_tune(args.config, overrides, args.space, args.trials, out, args.grace_steps, args.address)
+    report = run_tune(config, args.space, args.trials, out, args.grace_steps, args.address)
     keys = list(report["best"]["params"])
     print(results_table(report["trials"], keys), end="")
     print(f"best {METRIC} {report['best'][METRIC]:.4f} with {report['best']['params']}")

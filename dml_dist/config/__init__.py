@@ -1,17 +1,16 @@
-"""Typed experiment configuration: YAML -> dataclasses, validated once at load."""
+"""Typed experiment configuration: YAML -> dataclasses that validate themselves as they are built."""
 
+from dml_dist.config.data_sections import DataConfig, ProceduralDataConfig
 from dml_dist.config.loader import apply_overrides, config_to_dict, load_config, save_config
-from dml_dist.config.schema import (
+from dml_dist.config.mining_memory import MemoryConfig, MiningConfig
+from dml_dist.config.schema import ExperimentConfig
+from dml_dist.config.sections import (
     BatchConfig,
-    DataConfig,
     EngineConfig,
     EvalConfig,
-    ExperimentConfig,
     LossConfig,
     MetricsConfig,
-    MiningConfig,
     ModelConfig,
-    ProceduralDataConfig,
     TrainConfig,
 )
 
@@ -22,6 +21,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "LossConfig",
+    "MemoryConfig",
     "MetricsConfig",
     "MiningConfig",
     "ModelConfig",

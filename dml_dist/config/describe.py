@@ -1,7 +1,8 @@
 """What a config holds: each field's one-line doc, the resolved config as YAML, its JSON Schema.
 
-The docs are the attribute docstrings of the dataclasses in ``schema.py`` (the string literal
-under each field), read from their source with ``ast``, so there is one place to write them.
+The docs are the attribute docstrings of the section dataclasses (``sections.py``,
+``data_sections.py``, ``mining_memory.py``: the string literal under each field), read from
+their source with ``ast``, so there is one place to write them.
 
 ``show_config`` is ``dml-dist config show``: every section and field, set or default, each under
 a comment with its doc; the loss section lists the loss's unset hyperparameters as commented
@@ -26,7 +27,8 @@ from typing import Any, Union
 import yaml
 
 from dml_dist.config.ranges import RANGES
-from dml_dist.config.schema import ExperimentConfig, LossConfig
+from dml_dist.config.schema import ExperimentConfig
+from dml_dist.config.sections import LossConfig
 
 _FLOAT_TEXT = r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"
 """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; the loader accepts it as a number."""

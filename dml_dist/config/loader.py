@@ -1,8 +1,9 @@
 """Load, override and save experiment configs.
 
 ``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``, applies ``--set a.b=c``
-overrides (values parsed as YAML scalars), builds the typed dataclasses and validates them once.
-Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
+overrides (values parsed as YAML scalars) and builds the typed dataclasses, which validate
+themselves as they are built (each section its own fields, ``ExperimentConfig`` the rules
+between sections). Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
 
 ``path`` is a YAML file, or the name of a config shipped inside the package
 (``dml_dist/configs/NAME.yaml``, e.g. ``quickstart``), so an installed wheel has them too.
@@ -18,7 +19,8 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
-from dml_dist.config.schema import ExperimentConfig, LossConfig
+from dml_dist.config.schema import ExperimentConfig
+from dml_dist.config.sections import LossConfig
 
 T = TypeVar("T")
 
@@ -55,9 +57,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         raw = loaded or {}
     raw = apply_overrides(raw, overrides or [])
-    config = from_dict(ExperimentConfig, raw, prefix="")
-    config.validate()
-    return config
+    return from_dict(ExperimentConfig, raw, prefix="")  # every dataclass validates itself as it is built
+
+
+def with_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """A new config: ``config`` with ``a.b.c=value`` overrides applied as ``--set`` does, validated."""
+    return from_dict(ExperimentConfig, apply_overrides(config_to_dict(config), overrides), prefix="")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

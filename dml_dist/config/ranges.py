@@ -1,13 +1,14 @@
-"""The range of every numeric config field, checked when a config is loaded.
+"""The range of every numeric config field, checked by each config section as it is built.
 
-One table serves two readers: ``check_ranges`` (called by ``ExperimentConfig.validate``, so a
-negative ``engine.lr`` is a one-line ``ValueError`` at load, not a DeepSpeed traceback in a
-worker) and the JSON Schema of ``dml-dist config schema`` (``minimum``/``maximum``). Fields with
-rules that involve other fields (``data.procedural.num_test_classes`` below ``num_classes``, N
-divisible by the workers) keep those checks in ``schema.py``; their entry here is the bound
-that holds on its own. A list field's bound applies to each element.
+One table serves two readers: ``check_ranges`` (called by each section's ``validate`` when the
+section is built, so a negative ``engine.lr`` is a one-line ``ValueError`` at load, not a
+DeepSpeed traceback in a worker) and the JSON Schema of ``dml-dist config schema``
+(``minimum``/``maximum``). Fields with rules that involve other fields
+(``data.procedural.num_test_classes`` below ``num_classes``, N divisible by the workers) keep
+those checks in their section or in ``ExperimentConfig`` (``schema.py``); their entry here is the
+bound that holds on its own. A list field's bound applies to each element.
 
-``tests/unit/test_config_ranges.py`` requires an entry for every int and float field of the
+``tests/unit/test_config_describe.py`` requires an entry for every int and float field of the
 schema, so a new field cannot skip its range.
 """
 
@@ -127,25 +128,18 @@ RANGES: dict[str, Range] = {
 """Dotted field name -> its range."""
 
 
-def field_value(config: Any, dotted: str) -> Any:
-    """The value of ``a.b.c`` in a config object (``AttributeError`` when a part is missing)."""
-    value = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
+def check_ranges(section: Any, prefix: str) -> None:
+    """Raise ``ValueError`` naming the first own field of ``section`` (the section at dotted path
+    ``prefix``, e.g. ``engine``) whose value is out of range, in table order.
 
-
-def check_ranges(config: Any) -> None:
-    """Raise ``ValueError`` naming the first field (in table order) whose value is out of range.
-
-    Fields that are null (optional and unset) are not checked; sections the config does not
-    have are skipped, so the table may name fields of optional sections.
+    Null fields (optional and unset) are not checked; a nested section (``data.procedural``)
+    checks its own fields.
     """
     for name, bound in RANGES.items():
-        try:
-            value = field_value(config, name)
-        except AttributeError:
+        path, _, field_name = name.rpartition(".")
+        if path != prefix:
             continue
+        value = getattr(section, field_name)
         values = value if isinstance(value, list) else [value]
         for item in values:
             if item is not None and not bound.contains(item):

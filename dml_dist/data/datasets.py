@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dml_dist.config.schema import DataConfig, ProceduralDataConfig
+from dml_dist.config import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
 from dml_dist.data.shard_layout import is_complete
 from dml_dist.data.shard_writer import Sample, write_shards

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from dml_dist.data.images import decode_image
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.shard_index import IndexedShards

@@ -21,7 +21,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dml_dist.config.schema import ProceduralDataConfig
+from dml_dist.config import ProceduralDataConfig
 
 _CURVE_POINTS = 24
 

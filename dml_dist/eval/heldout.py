@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dml_dist.config.schema import DataConfig, EvalConfig
+from dml_dist.config import DataConfig, EvalConfig
 from dml_dist.data.shard_layout import read_manifest
 from dml_dist.eval.embed import embed_shards_keyed
 from dml_dist.eval.retrieval import RetrievalReport, retrieval_metrics

@@ -66,7 +66,7 @@ from typing import Any
 
 import torch
 
-from dml_dist.config.schema import MemoryConfig
+from dml_dist.config import MemoryConfig
 
 LossFn = Callable[..., torch.Tensor]
 

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from dml_dist.config.schema import MiningConfig
+from dml_dist.config import MiningConfig
 from dml_dist.data.sampler import random_classes
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import KnnGraph, build_knn_graph

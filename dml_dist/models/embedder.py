@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dml_dist.config.schema import ModelConfig
+from dml_dist.config import ModelConfig
 from dml_dist.models.global_batchnorm import GlobalBatchNorm2d
 
 BACKBONES = ("small_cnn", "resnet50", "bn_inception", "googlenet")

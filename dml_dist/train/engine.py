@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dml_dist.config.schema import EngineConfig
+from dml_dist.config import EngineConfig
 
 
 def uses_bf16(config: EngineConfig, use_gpu: bool) -> bool:

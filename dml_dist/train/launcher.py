@@ -11,7 +11,7 @@ figures come back in the trainer's ``Result``, not from a file on the driver's d
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import time
 import uuid
@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from dml_dist.atomic import write_json_atomic
-from dml_dist.config.loader import config_to_dict, save_config
+from dml_dist.config.loader import save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import resolve_data
-from dml_dist.data.loader import build_loader
+from dml_dist.data.shard_layout import CLASS_INDEX, is_complete, read_manifest
+from dml_dist.data.tar_stream import is_remote
 from dml_dist.losses import build_loss
 from dml_dist.mining.service import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
@@ -125,7 +126,7 @@ def run_training(
             checkpoint_path=str(run_dir / BANK_FILE),
         )
     plan = WorkerPlan(
-        config=config_to_dict(config),
+        config=config,
         train_shards=train_shards,
         eval_shards=eval_shards,
         run_dir=run_uri if remote else str(run_dir),
@@ -204,17 +205,30 @@ def _shared_paths(run_dir: str, train: str, evaluation: str, driver_train: Path 
 
 
 def _usable_classes(config: ExperimentConfig, train_shards: Path | str) -> int:
-    """Training classes the workers' loaders will use (``exclude`` drops classes with < K images).
+    """Training classes the workers' loaders will use (``exclude`` drops classes with < K images),
+    counted from the shard set's class index (indexed) or manifest (streaming).
 
     A remote stream does not say how many classes it holds: N is taken as fitting, and the
     streaming loader stops with a clear error if the stream runs out of classes.
     """
-    data = dataclasses.replace(config.data, loader_workers=0)
-    loader = build_loader(
-        data, str(train_shards), seed=config.train.seed, images_per_class=config.batch.images_per_class,
-        world_size=1, rank=0, num_classes=config.batch.num_classes,
-    )  # fmt: skip
-    return loader.num_classes or config.batch.num_classes
+    data, k = config.data, config.batch.images_per_class
+    if data.mode == "streaming":
+        if not is_remote(str(train_shards)) and is_complete(train_shards):
+            return int(read_manifest(train_shards)["num_classes"]) or config.batch.num_classes
+        return config.batch.num_classes
+    if is_remote(str(train_shards)) or not Path(train_shards).is_dir():
+        raise ValueError(f"data.train_shards: indexed mode needs a local shard directory, got {train_shards}")
+    sizes = _class_sizes(Path(train_shards))
+    usable = [size for size in sizes if size >= k] if data.min_images_policy == "exclude" else sizes
+    if not usable:
+        raise ValueError(f"data: no class of {train_shards} has K={k} images")
+    return len(usable)
+
+
+def _class_sizes(directory: Path) -> list[int]:
+    """Images per class of a shard directory, read from its class index (``class_index.json``)."""
+    index = json.loads((directory / CLASS_INDEX).read_text())
+    return [len(entries) for entries in index["classes"].values()]
 
 
 def _finish_mining(actor: Any) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.atomic import write_json_atomic
-from dml_dist.config.loader import config_to_dict, from_dict
+from dml_dist.config.loader import config_to_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.distributed import collectives
@@ -64,9 +64,10 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class WorkerPlan:
-    """What the driver hands every worker (plain data plus the mining actor handle)."""
+    """What the driver hands every worker (Ray pickles it): the validated config, the data and
+    run paths, and the mining actor handle."""
 
-    config: dict[str, Any]
+    config: ExperimentConfig
     train_shards: str
     eval_shards: str
     run_dir: str
@@ -78,9 +79,7 @@ class WorkerPlan:
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
     """Ray Train entry point: build everything from the plan, then train."""
     quiet_libraries()  # this worker's library loggers and known warnings (observability/logging.py)
-    plan = localize_shards(WorkerPlan(**plan_dict))
-    config = from_dict(ExperimentConfig, plan.config, prefix="")
-    Trainer(config, plan).run()
+    Trainer(localize_shards(WorkerPlan(**plan_dict))).run()
 
 
 def localize_shards(plan: WorkerPlan) -> WorkerPlan:
@@ -96,8 +95,8 @@ def localize_shards(plan: WorkerPlan) -> WorkerPlan:
 class Trainer:
     """State of one worker: engine, loss, data, class source, sinks."""
 
-    def __init__(self, config: ExperimentConfig, plan: WorkerPlan):
-        self.config = config
+    def __init__(self, plan: WorkerPlan):
+        self.config = config = plan.config
         self.plan = plan
         # A URI run directory: rank 0 writes into a node-local mirror that report() uploads.
         self.mirror = uri_storage.RunMirror(plan.run_dir, fresh=True) if uri_storage.is_uri(plan.run_dir) else None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dml_dist.config.schema import DataConfig, ExperimentConfig
+from dml_dist.config import DataConfig, ExperimentConfig
 from dml_dist.train import uri_storage
 
 STORAGE_ENV = "DML_DIST_STORAGE"

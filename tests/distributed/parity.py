@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from dml_dist.config.schema import EngineConfig, ModelConfig
+from dml_dist.config import EngineConfig, ModelConfig
 from dml_dist.data.images import decode_batch
 from dml_dist.data.sampler import random_classes, rank_share
 from dml_dist.data.shard_index import IndexedShards

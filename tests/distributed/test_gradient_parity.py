@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dml_dist.config.schema import DataConfig, ModelConfig
+from dml_dist.config import DataConfig, ModelConfig
 from dml_dist.data.datasets import procedural_root
 from tests.distributed.parity import StepSpec, distributed_gradients, single_process_gradients
 

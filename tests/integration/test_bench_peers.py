@@ -14,7 +14,7 @@ import torch
 from dml_dist.bench.peers.models import Conv4BN
 from dml_dist.bench.peers.plain_loop import steady_samples_per_second
 from dml_dist.cli import main
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from tests.conftest import REPO, set_args, small_data_settings
 
 

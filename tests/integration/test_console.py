@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from tests.conftest import REPO, set_args, small_data_settings
 
 STEPS, LOG_EVERY = 40, 5

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from dml_dist.config.schema import MiningConfig
+from dml_dist.config import MiningConfig
 from dml_dist.mining.client import MiningClient
 from dml_dist.mining.service import start_mining_actor
 

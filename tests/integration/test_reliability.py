@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dml_dist.cli import main
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from dml_dist.train import checkpoint
 from tests.conftest import REPO, set_args, small_data_settings
 

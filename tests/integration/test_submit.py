@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dml_dist.cli import main
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 from dml_dist.distributed.collectives import free_local_port
 from tests.conftest import REPO, _wait_http, set_args, small_data_settings
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dml_dist.cli import main
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig
 
 
 def test_training_clearly_beats_the_untrained_network(trained_run: Path) -> None:

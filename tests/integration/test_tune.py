@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dml_dist.cli import main
+from dml_dist.config import DataConfig
 from dml_dist.config.loader import load_config
-from dml_dist.config.schema import DataConfig
 from tests.conftest import REPO, set_args, small_data_settings
 
 

@@ -57,3 +57,33 @@ def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
 
 def test_exponent_floats_without_a_dot_are_numbers() -> None:
     assert load_config(None, ["engine.lr=1e-4"]).engine.lr == 1e-4
+
+
+def test_with_overrides_gives_a_new_validated_config() -> None:
+    from dml_dist.config.loader import with_overrides
+
+    base = load_config(None, ["train.storage=/mnt/shared"])
+    changed = with_overrides(base, ["train.steps=7", "loss.temperature=0.2"])
+    assert changed == load_config(None, ["train.storage=/mnt/shared", "train.steps=7", "loss.temperature=0.2"])
+    assert base.train.steps == 300 and "temperature" not in base.loss.params
+    with pytest.raises(ValueError, match=r"^engine\.lr: expected a value > 0"):
+        with_overrides(base, ["engine.lr=-1"])
+
+
+def test_sections_validate_themselves_when_built() -> None:
+    import dataclasses
+
+    from dml_dist.config import EngineConfig, ExperimentConfig, MemoryConfig, MiningConfig, TrainConfig
+
+    with pytest.raises(ValueError, match=r"^engine\.lr: expected a value > 0, got -1"):
+        EngineConfig(lr=-1.0)
+    with pytest.raises(ValueError, match=r"^engine\.precision: expected auto, fp32 or bf16"):
+        dataclasses.replace(EngineConfig(), precision="fp16")
+    with pytest.raises(ValueError, match=r"^mining\.rule: expected one of"):
+        MiningConfig(rule="hardest")
+    # rules between two sections: when the whole config is built
+    TrainConfig(workers=3)
+    with pytest.raises(ValueError, match=r"^batch\.num_classes: the global batch of 320 classes must divide"):
+        ExperimentConfig(train=TrainConfig(workers=3))
+    with pytest.raises(ValueError, match=r"^memory\.size: expected 0 or at least the global batch of 640 rows"):
+        ExperimentConfig(memory=MemoryConfig(size=100))

@@ -25,7 +25,7 @@ WORKER = textwrap.dedent(
     init_local_gloo(0, 1, free_local_port())
     dist.all_gather_into_tensor(torch.empty(4), torch.ones(4))  # what DeepSpeed's ZeRO calls every step
     if sys.argv[2] == "engine":
-        from dml_dist.config.schema import EngineConfig
+        from dml_dist.config import EngineConfig
         from dml_dist.train.engine import build_engine
         build_engine(torch.nn.Linear(4, 2), EngineConfig(zero_stage=1), 2, use_gpu=False, local_rank=0)
     from dml_dist.eval.retrieval import retrieval_metrics  # faiss, imported on first use

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from dml_dist.cli import main
+from dml_dist.config import DataConfig
 from dml_dist.config.loader import load_config
-from dml_dist.config.schema import DataConfig
 from dml_dist.data import tar_stream
 from dml_dist.data.datasets import resolve_data
 from dml_dist.data.decode_spec import DecodeSpec

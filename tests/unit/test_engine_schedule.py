@@ -12,14 +12,14 @@ import textwrap
 
 import pytest
 
-from dml_dist.config.schema import EngineConfig
+from dml_dist.config import EngineConfig
 from dml_dist.train.engine import deepspeed_config, merge_config
 from tests.conftest import REPO
 
 STEPPER = textwrap.dedent(
     """
     import json, sys, torch
-    from dml_dist.config.schema import EngineConfig
+    from dml_dist.config import EngineConfig
     from dml_dist.distributed.collectives import free_local_port, init_local_gloo
     from dml_dist.train.engine import build_engine
     init_local_gloo(0, 1, free_local_port())

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from dml_dist.cli import main
+from dml_dist.config import ModelConfig
 from dml_dist.config.loader import config_to_dict, load_config, save_config
-from dml_dist.config.schema import ModelConfig
 from dml_dist.data.datasets import ensure_procedural
 from dml_dist.data.formats import write_dataset
 from dml_dist.eval.api import load_embedder

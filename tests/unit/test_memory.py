@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dml_dist.config import MemoryConfig
 from dml_dist.config.loader import load_config
-from dml_dist.config.schema import MemoryConfig
 from dml_dist.losses import LOSSES, build_loss
 from dml_dist.losses.memory import CrossBatchMemory, LossWithMemory, NoMemory, build_memory, combined_loss
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dml_dist.config.schema import ExperimentConfig, MiningConfig
+from dml_dist.config import ExperimentConfig, MiningConfig
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
 from dml_dist.mining.selection import (

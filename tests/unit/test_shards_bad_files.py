@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dml_dist.cli import main
-from dml_dist.config.schema import ProceduralDataConfig
+from dml_dist.config import ProceduralDataConfig
 from dml_dist.data.images import decode_image, image_problem
 from dml_dist.data.procedural import render_png
 from dml_dist.data.shard_index import IndexedShards

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dml_dist.config import load_config
-from dml_dist.config.schema import DataConfig
+from dml_dist.config import DataConfig, load_config
 from dml_dist.data.datasets import procedural_root, resolve_data
 from dml_dist.data.loader import build_loader
 from dml_dist.train.launcher import _usable_classes

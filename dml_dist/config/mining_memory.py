@@ -1,0 +1,96 @@
+"""The two optional training components' config sections: the hard-negative-class mining
+service (``mining/``) and cross-batch memory (``losses/memory.py``).
+
+Each section checks its own fields when it is built, as in ``sections.py``; whether the loss
+takes memory, and memory against the global batch, are checked by ``ExperimentConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dml_dist.config.ranges import check_ranges
+
+MINING_RULES = ("seed_neighbours", "greedy", "random")
+
+
+@dataclass
+class MiningConfig:
+    """The hard-negative-class mining service: which classes each batch holds (``mining/``).
+
+    The defaults are the rule measured best in ``docs/results/mining.md``; it does not beat
+    random classes there, so the shipped configs leave ``enabled`` false except the Sohn
+    reproductions."""
+
+    enabled: bool = True
+    """Run the mining service; false = random classes and no service."""
+    rule: str = "seed_neighbours"
+    """Selection rule: ``seed_neighbours`` (random seed classes, each with neighbours sampled
+    among its nearest), ``greedy`` (Sohn 2016: a chain of the hardest classes) or ``random``."""
+    random_share: float = 0.25
+    """Share of each batch's classes drawn at random once mining runs (the rest is mined)."""
+    group_size: int = 2
+    """seed_neighbours: classes per group, the seed and group_size - 1 sampled neighbours."""
+    top_k: int = 10
+    """seed_neighbours: a neighbour is sampled among the seed's top_k most similar classes."""
+    temperature: float = 0.1
+    """seed_neighbours: neighbours are drawn with probability softmax(similarity / temperature)."""
+    warmup_steps: int = 150
+    """Random classes before this step (a model at step 0 knows no hard classes)."""
+    ramp_steps: int = 100
+    """After warm-up, the mined share rises linearly to 1 - random_share over this many steps."""
+    fresh_within_steps: int = 0
+    """Mine only among classes refreshed within this many steps of the selection; 0 = any age."""
+    warmup_coverage: float = 0.0
+    """Random classes until this share of training classes has an embedding in the bank (greedy
+    wants about 0.9: a chain among a few known classes repeats them; seed_neighbours needs none)."""
+    momentum: float = 0.5
+    """Bank update: new = normalize(momentum * old + (1 - momentum) * observed)."""
+    timeout_s: float = 2.0
+    """Longest wait for the service's answer before falling back to random classes."""
+    refresh_after_steps: int = 50
+    """R: a class not refreshed for this many steps is stale; rank 0 re-embeds stale classes."""
+    refresh_every: int = 10
+    """Steps between two refresh passes over stale classes on rank 0; 0 = never."""
+    refresh_max_classes: int = 64
+    """Most stale classes one refresh pass re-embeds (the oldest first)."""
+    refresh_images_per_class: int = 2
+    """Images embedded per stale class in a refresh pass (forward only, no gradient)."""
+    exact_below_classes: int = 20000
+    """Exact search below this many classes; at or above it, search on a kNN graph of the classes."""
+    num_neighbours: int = 32
+    """k of the kNN graph of the classes that restricts the search (large banks)."""
+    graph_rebuild_steps: int = 50
+    """A new kNN graph every this many steps, built in the background and used this many steps later."""
+    save_every_steps: int = 100
+    """The service saves its state to the run directory every this many steps; 0 = only at checkpoints."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """The section's own rules; ``ValueError`` naming the field."""
+        if self.rule not in MINING_RULES:
+            raise ValueError(f"mining.rule: expected one of {', '.join(MINING_RULES)}, got {self.rule!r}")
+        check_ranges(self, "mining")
+
+
+@dataclass
+class MemoryConfig:
+    """Cross-batch memory (XBM, Wang et al. CVPR 2020): the last M global embeddings as extra
+    candidates without gradient (``dml_dist/losses/memory.py``). Off by default."""
+
+    size: int = 0
+    """M: rows kept, the newest rows of the global batches (the current batch's among them); 0 = off."""
+    weight: float = 1.0
+    """w: the loss is L(batch vs batch) + w * L(batch vs memory), as XBM (1 in its configs)."""
+    start_step: int = 0
+    """First step (0-based) that writes and uses the memory; XBM starts after 1,000-2,000 of
+    35,000 iterations, once embeddings drift slowly."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """The section's own ranges; the rules against the loss and the batch are in ``ExperimentConfig``."""
+        check_ranges(self, "memory")
