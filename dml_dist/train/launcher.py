@@ -24,7 +24,7 @@ from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import resolve_data
 from dml_dist.data.loader import build_loader
 from dml_dist.losses import build_loss
-from dml_dist.mining.service import BANK_FILE, start_mining_actor
+from dml_dist.mining.actor import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
 from dml_dist.observability.logging import library_level, worker_env
 from dml_dist.train import checkpoint, run_files
