@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from dml_dist.config.schema import MiningConfig
-from dml_dist.mining.client import MiningClient
 from dml_dist.mining.actor import start_mining_actor
+from dml_dist.mining.client import MiningClient
 
 
 def _wait_for_restart(ray, actor, timeout_s: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
