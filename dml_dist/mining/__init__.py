@@ -1,6 +1,8 @@
 """Hard-negative-class mining: selection rules (seed + neighbours, Sohn's greedy; exact and on a
-kNN graph), the class bank, its Ray actor, the client with a bounded wait, the stale-class
-refresh pass, and the batch's violation rate (computed by the training side)."""
+kNN graph), the class bank, the service and its Ray actor, the answer it gives
+(``MiningAnswer``), the client with a bounded wait and the random null source, the names of
+the class index spaces (``class_ids.py``), the stale-class refresh pass, and the batch's
+violation rate (computed by the training side)."""
 
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import KnnGraph, build_knn_graph

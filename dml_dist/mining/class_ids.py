@@ -36,10 +36,6 @@ class ClassIds:
         """The tables of an indexed loader (its ``classes``, and its ``shards.labels``)."""
         return cls(tuple(int(c) for c in loader.classes), tuple(int(label) for label in loader.shards.labels))
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_index)
-
     def class_index_of(self, bank_pos: Sequence[int]) -> list[int]:
         return [self.class_index[p] for p in bank_pos]
 

@@ -16,9 +16,9 @@ similar to some already chosen class, so each pick is
 kept as a running maximum as classes are chosen. Two ways to keep it, one contract:
 
 - exact (``neighbours=None``): after each pick s, one matrix-vector product [C, D] x [D]
-  raises every class's score; O(N C D) in all. About 9.5 s for N=1000 of C=100,000 at D=512
-  on two cores, so it is the path for small banks (the service switches at
-  ``mining.exact_below_classes``).
+  raises every class's score; O(N C D) in all: seconds at N=1000 of C=100,000 on a CPU
+  (``dml-dist bench mining`` measures it), so it is the path for small banks (the service
+  switches at ``mining.exact_below_classes``).
 - graph-restricted (``neighbours`` = [C, k] nearest-neighbour lists, see ``mining/graph.py``):
   a pick s raises only the scores of its k neighbours, by their similarity to s computed from
   the current embeddings (the graph only says who may be close; similarities are never stale).

@@ -395,3 +395,26 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
     assert sorted(recorder.class_ids.tolist()) == [5, 5, 7, 7, 11, 11]
     np.testing.assert_allclose(np.linalg.norm(recorder.emb, axis=1), 1.0, atol=1e-5)
     assert refresh_stale_classes(model, loader, recorder, 10, [], config, torch.device("cpu"), torch.float32) == 0
+
+
+# ----------------------------------------------------------------------------- class index spaces
+def test_class_ids_map_bank_positions_shard_indices_and_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A loader that drops classes: bank_pos, class_index and label differ, and ClassIds maps them."""
+    from dml_dist.data.formats import write_dataset
+    from dml_dist.data.loader import ClassBatchLoader, DecodeSpec
+    from dml_dist.data.shards import IndexedShards
+    from dml_dist.mining.class_ids import ClassIds
+    from tests.unit.test_data import make_folder
+
+    make_folder(tmp_path / "src", [3, 1, 3, 2, 3], nested=False)
+    write_dataset("folder", tmp_path / "src", tmp_path / "shards", samples_per_shard=100, holdout=0.0)
+    shards = IndexedShards(tmp_path / "shards")
+    loader = ClassBatchLoader(
+        shards, DecodeSpec(12), seed=0, images_per_class=3, world_size=1, rank=0, min_images_policy="exclude"
+    )
+    ids = ClassIds.of_loader(loader)
+    assert ids.class_index_of([0, 1, 2]) == [0, 2, 4]  # shard classes 1 and 3 have fewer than K images
+    assert ids.bank_pos_of([4, 0]) == [2, 0]
+    assert ids.label_of([0, 1, 2]) == loader.labels == [shards.labels[c] for c in (0, 2, 4)]
+    _, labels = loader.load(0, [2, 0])
+    assert labels.tolist() == [ids.label_of([2])[0]] * 3 + [ids.label_of([0])[0]] * 3
