@@ -6,12 +6,8 @@ violation rate (computed by the training side)."""
 
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import KnnGraph, build_knn_graph
-from dml_dist.mining.selection import (
-    nearest_negative_similarity,
-    select_hard_classes,
-    select_seed_neighbours,
-    violation_rate,
-)
+from dml_dist.mining.hardness import nearest_negative_similarity, violation_rate
+from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 
 __all__ = [
     "ClassBank",

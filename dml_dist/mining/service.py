@@ -54,7 +54,8 @@ from dml_dist.mining import service_state
 from dml_dist.mining.answer import MiningAnswer
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph_schedule import GraphSchedule
-from dml_dist.mining.selection import nearest_negative_similarity, select_hard_classes, select_seed_neighbours
+from dml_dist.mining.hardness import nearest_negative_similarity
+from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 
 PUBLISH_LAG = 3
 """The answer for step t reads the publishes of steps <= t - 3: the client asks for t + 2 at the

@@ -38,8 +38,8 @@ from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
 from dml_dist.losses.memory import LossWithMemory, build_memory
 from dml_dist.mining.client import ClassSource, MiningClient, RandomClasses
+from dml_dist.mining.hardness import violation_rate
 from dml_dist.mining.refresh import refresh_stale_classes
-from dml_dist.mining.selection import violation_rate
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
 from dml_dist.observability.logging import quiet_libraries
@@ -195,7 +195,7 @@ class Trainer:
         self.skipped_steps += int(result.skipped)
         if not result.skipped:  # the same decision on every rank, so the memories stay identical
             self.memory.enqueue(ref_ND, ref_labels_N, step)
-        # How hard the batch is for the model (mining/selection.py): one N x N product, rank 0.
+        # How hard the batch is for the model (mining/hardness.py): one N x N product, rank 0, log steps.
         violation = violation_rate(ref_ND, ref_labels_N) if self.rank == 0 and should_log else None
         if self.rank == 0 and not result.skipped:
             self.classes.publish(step, np.asarray(answer.classes), self._class_embeddings(ref_ND))

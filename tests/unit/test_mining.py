@@ -8,12 +8,8 @@ import pytest
 from dml_dist.config.schema import ExperimentConfig, MiningConfig
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
-from dml_dist.mining.selection import (
-    nearest_negative_similarity,
-    select_hard_classes,
-    select_seed_neighbours,
-    violation_rate,
-)
+from dml_dist.mining.hardness import nearest_negative_similarity, violation_rate
+from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 from dml_dist.mining.service import PUBLISH_LAG, MiningService
 
 
