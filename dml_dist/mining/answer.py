@@ -36,8 +36,6 @@ class MiningAnswer:
     staleness_at_selection_mean: float | None = None
     staleness_at_selection_max: float | None = None
     """Steps since the classes the rule relied on (neighbours, greedy picks) were refreshed."""
-    coverage: float | None = None
-    """Share of the bank's classes with an embedding."""
     negative_similarity: float | None = None
     """Mean similarity (by the bank) of each chosen class to its closest chosen class."""
     graph_step: int | None = None

@@ -195,7 +195,6 @@ class MiningService:
             refresh_age_mean=age["mean"],
             staleness_at_selection_mean=float(staleness.mean()) if staleness.size else None,
             staleness_at_selection_max=float(staleness.max()) if staleness.size else None,
-            coverage=self.bank.coverage(),
             negative_similarity=None if np.isnan(hardness) else hardness,
             graph_step=graph.step if graph is not None else None,
             stale_classes=self.stale_classes(step, cfg.refresh_after_steps, cfg.refresh_max_classes) if due else [],
