@@ -30,8 +30,8 @@ from dml_dist.config.loader import load_config
 from dml_dist.data.datasets import resolve_data
 from dml_dist.distributed import collectives
 from dml_dist.eval.result import recall_to_json
+from dml_dist.mining.answer import MiningAnswer
 from dml_dist.mining.client import RandomClasses
-from dml_dist.mining.selection import violation_rate
 from dml_dist.mining.service import MiningService
 
 
@@ -41,20 +41,18 @@ class LocalMiningClient(RandomClasses):
     def __init__(self, service: MiningService, seed: int, num_classes: int, n: int):
         super().__init__(seed, num_classes, n)
         self.service = service
-        self.last: dict[str, Any] = {}
 
-    def classes_for(self, step: int) -> dict[str, Any]:
+    def classes_for(self, step: int) -> MiningAnswer:
         # Ask as the Ray client does: t and t + 1 before t trains (the lag the service expects).
         answer = self.service.next_classes(step, self.n)
         self.service.next_classes(step + 1, self.n)
         self.service.next_classes(step + 2, self.n)
-        if not answer["mined"] and answer.get("reason") != "rule":
+        if not answer.mined and answer.reason != "rule":
             self.fallbacks += 1
-        self.last = answer
         return answer
 
     def peek(self, step: int) -> list[int]:
-        return list(self.service.next_classes(step, self.n)["classes"])
+        return list(self.service.next_classes(step, self.n).classes)
 
     def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
         self.service.publish(step, class_ids, emb_CD)
@@ -63,7 +61,6 @@ class LocalMiningClient(RandomClasses):
 def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eval_at: list[int]) -> dict[str, Any]:
     """Train ``steps`` steps and evaluate at ``eval_at``; returns the figures (see module docstring)."""
     from dml_dist.train.loop import Trainer, WorkerPlan
-    from dml_dist.train.step import optimizer_step
 
     config = load_config(
         config_path, [*overrides, f"train.seed={seed}", f"train.steps={steps}", "metrics.enabled=false"]
@@ -84,31 +81,15 @@ def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eva
         if config.mining.enabled:
             service = MiningService(trainer.loader.num_classes, config.model.embedding_dim, config.mining, seed)
             trainer.classes = LocalMiningClient(service, seed, trainer.loader.num_classes, config.batch.num_classes)
-        # Watch the batch's violation rate without changing the step: wrap the optimizer step.
-        violations: list[float] = []
-        import dml_dist.train.loop as loop_module
-
-        def watched_step(engine, loss_fn, images, labels, chunk_size):  # type: ignore[no-untyped-def]
-            result = optimizer_step(engine, loss_fn, images, labels, chunk_size)
-            violations.append(violation_rate(result.ref_ND, labels))
-            return result
-
-        loop_module.optimizer_step = watched_step  # type: ignore[assignment]
         rows: list[dict[str, Any]] = []
         evals: dict[int, dict[str, float]] = {}
         started = time.perf_counter()
         for step in range(steps):
-            row = trainer.train_step(step)
-            last = getattr(trainer.classes, "last", {})
-            row["hard_share"] = last.get("hard_share")
-            row["staleness_at_selection_mean"] = last.get("staleness_at_selection_mean")
-            row["violation_rate"] = violations[-1]
-            rows.append(row)
+            rows.append(trainer.train_step(step, should_log=True).to_json())  # every step: its violation rate
             if step + 1 in eval_at:
                 trainer.evaluate(step + 1)
-                evals[step + 1] = recall_to_json(trainer.eval_history[-1].recall)
+                evals[step + 1] = recall_to_json(trainer.evaluator.eval_history[-1].recall)
                 print(f"step {step + 1}: R@1 {evals[step + 1]['1']:.4f}", flush=True)
-        loop_module.optimizer_step = optimizer_step
         seconds = time.perf_counter() - started
     finally:
         collectives.shutdown()

@@ -1,29 +1,61 @@
 """Where rank 0 gets each step's classes: the mining service, or random classes.
 
+``ClassSource`` is what the training loop uses, whichever source it holds: ``peek(t + 1)``
+tells step t + 1's classes while step t trains (the loader decodes them meanwhile),
+``classes_for(t)`` returns step t's ``MiningAnswer`` (``mining/answer.py``), ``publish`` sends
+the step's class embeddings, ``save_state``/``restore_state`` carry the source's state through a
+checkpoint. Classes are ``bank_pos`` (``mining/class_ids.py``). ``RandomClasses`` is the source
+when mining is off (uniform random classes, a pure function of (seed, step); publishing and
+saving do nothing), so the loop has no ``if mining:`` branches.
+
 ``MiningClient`` keeps the service two steps ahead: ``request(t + 1)``, sent at the start of
 step t, asks for steps t + 1 and t + 2 (those not asked yet). So when step t starts, the answer
-for t + 1 was asked for a whole step earlier, and ``peek(t + 1)`` has it at once: the loader can
-decode step t + 1's images while step t trains, as with random classes. The service reads the
-publishes of steps <= t - 3 for step t's answer (``service.PUBLISH_LAG``), which the two-step
-lead guarantees have arrived. ``classes_for(t)`` returns the answer ``peek`` got, or waits for it
-at most ``timeout_s``; when the service is slow, dead or restarting it falls back to
-random classes for that step and counts the fallback, as it does when the service answers with
-random classes because it is not warm yet (each fallback says why: ``timeout``,
-``unavailable``, ``warmup`` or ``graph_pending``). Ray restarts a dead service, which
-restores its bank from the last save, so later requests are answered again. Answers may carry
-``stale_classes`` for rank 0 to re-embed (``mining/refresh.py``). ``RandomClasses`` is the null
-object used when mining is off, so the training loop has no ``if mining:`` branches.
+for t + 1 was asked for a whole step earlier, and ``peek(t + 1)`` has it at once. The service
+reads the publishes of steps <= t - 3 for step t's answer (``service.PUBLISH_LAG``), which the
+two-step lead guarantees have arrived. ``classes_for(t)`` returns the answer ``peek`` got, or
+waits for it at most ``timeout_s``; when the service is slow, dead or restarting it falls back
+to random classes for that step and counts the fallback, as it does when the service answers
+with random classes because it is not warm yet (each fallback says why: ``timeout``,
+``unavailable``, ``warmup`` or ``graph_pending``). Ray restarts a dead service, which restores
+its bank from the last save, so later requests are answered again. Answers may carry
+``stale_classes`` for the training side to re-embed (``mining/refresh.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from dml_dist.data.sampler import random_classes
+from dml_dist.mining.answer import MiningAnswer
+
+
+class ClassSource(Protocol):
+    """What the training loop asks of a class source (rank 0's; other ranks get the broadcast)."""
+
+    fallbacks: int
+    """Steps that used random classes although mining is on."""
+
+    def request(self, step: int) -> None:
+        """Start selecting ``step``'s classes (and the next step's) ahead of time."""
+
+    def peek(self, step: int) -> list[int]:
+        """``step``'s classes before ``classes_for(step)``, which then returns the same classes."""
+
+    def classes_for(self, step: int) -> MiningAnswer:
+        """``step``'s classes and how they were chosen."""
+
+    def publish(self, step: int, bank_pos: np.ndarray, emb_MD: np.ndarray) -> None:
+        """Send embeddings [M, D] of classes ``bank_pos`` [M] seen at ``step`` (fire and forget)."""
+
+    def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
+        """Write the source's state to ``path`` for a checkpoint; None when it has none."""
+
+    def restore_state(self, path: str, timeout_s: float = 60.0) -> int | None:
+        """Load a state ``save_state`` wrote; returns its step (None when it has none)."""
 
 
 class RandomClasses:
@@ -36,17 +68,13 @@ class RandomClasses:
     def request(self, step: int) -> None:
         pass
 
-    def classes_for(self, step: int) -> dict[str, Any]:
-        return {"classes": random_classes(self.seed, step, self.num_classes, self.n), "mined": False}
-
     def peek(self, step: int) -> list[int]:
-        """The classes ``classes_for(step)`` will return, known ahead (for the loader's prefetch)."""
-        return list(self.classes_for(step)["classes"])
+        return random_classes(self.seed, step, self.num_classes, self.n)
 
-    def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
-        pass
+    def classes_for(self, step: int) -> MiningAnswer:
+        return MiningAnswer(classes=self.peek(step))
 
-    def save_bank(self, path: str) -> None:
+    def publish(self, step: int, bank_pos: np.ndarray, emb_MD: np.ndarray) -> None:
         pass
 
     def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
@@ -57,15 +85,17 @@ class RandomClasses:
         return None
 
 
-class MiningClient(RandomClasses):
+class MiningClient:
     """Rank 0's handle on the mining actor, with a bounded wait and a random fallback."""
 
     def __init__(self, actor: Any, timeout_s: float, seed: int, num_classes: int, n: int):
-        super().__init__(seed, num_classes, n)
         self.actor = actor
         self.timeout_s = timeout_s
+        self.n = n
+        self.random = RandomClasses(seed, num_classes, n)  # the fallback
+        self.fallbacks = 0
         self.pending: dict[int, Any] = {}
-        self.peeked: dict[int, dict[str, Any]] = {}
+        self.peeked: dict[int, MiningAnswer] = {}
         self.asked_until = -1
 
     def request(self, step: int) -> None:
@@ -80,18 +110,17 @@ class MiningClient(RandomClasses):
             del self.pending[old]
 
     def peek(self, step: int) -> list[int]:
-        """Step's classes ahead of ``classes_for(step)``, which then returns this same answer."""
         answer = self._answer(step)
         self.peeked[step] = answer
-        return list(answer["classes"])
+        return list(answer.classes)
 
-    def classes_for(self, step: int) -> dict[str, Any]:
+    def classes_for(self, step: int) -> MiningAnswer:
         answer = self.peeked.pop(step, None)
         for old in [s for s in self.peeked if s < step]:
             del self.peeked[old]
         return answer if answer is not None else self._answer(step)
 
-    def _answer(self, step: int) -> dict[str, Any]:
+    def _answer(self, step: int) -> MiningAnswer:
         """The service's answer for ``step`` within ``timeout_s``, else random classes (counted)."""
         import ray
 
@@ -101,27 +130,27 @@ class MiningClient(RandomClasses):
         reason = "unavailable"  # no request could be sent
         if ref is not None:
             try:
-                answer: dict[str, Any] = ray.get(ref, timeout=self.timeout_s)
+                answer: MiningAnswer = ray.get(ref, timeout=self.timeout_s)
             except ray.exceptions.GetTimeoutError:  # slow, or restarting: never block training
                 reason = "timeout"
             except Exception:  # the actor died with the request
                 reason = "unavailable"
             else:
-                if answer.get("mined", False) or answer.get("reason") == "rule":
+                if answer.mined or answer.reason == "rule":
                     return answer
                 # The service answered with random classes (warm-up, or no graph yet).
                 self.fallbacks += 1
-                return {**answer, "fallback": True, "fallback_reason": answer.get("reason", "warmup")}
+                return answer.as_fallback(answer.reason or "warmup")
         self.fallbacks += 1
-        return {**super().classes_for(step), "fallback": True, "fallback_reason": reason}
+        return self.random.classes_for(step).as_fallback(reason)
 
-    def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
+    def publish(self, step: int, bank_pos: np.ndarray, emb_MD: np.ndarray) -> None:
         # Fire and forget: a lost publish only ages the bank.
         with contextlib.suppress(Exception):
-            self.actor.publish.remote(step, class_ids, emb_CD)
+            self.actor.publish.remote(step, bank_pos, emb_MD)
 
     def save_bank(self, path: str) -> None:
-        """Ask the service to save its state to ``path`` (fire and forget; a restart restores it)."""
+        """Ask the service to save its state to ``path`` on its node (fire and forget)."""
         with contextlib.suppress(Exception):
             self.actor.save.remote(path)
 

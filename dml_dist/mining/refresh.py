@@ -31,18 +31,20 @@ from dml_dist.data.bad_data import BadSample
 from dml_dist.data.images import decode_batch
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
+from dml_dist.mining.class_ids import ClassIds
+from dml_dist.mining.client import ClassSource
 
 
 def refresh_samples(
     seed: int, step: int, classes: Sequence[int], class_sizes: Sequence[int], images_per_class: int
 ) -> list[tuple[int, int]]:
-    """(class, sample) pairs to embed: up to ``images_per_class`` distinct samples per class, seeded."""
+    """(bank_pos, sample) pairs to embed: up to ``images_per_class`` distinct samples per class, seeded."""
     pairs: list[tuple[int, int]] = []
-    for class_pos in classes:
-        size = class_sizes[class_pos]
-        rng = np.random.default_rng([seed, step, 3, class_pos])
+    for bank_pos in classes:
+        size = class_sizes[bank_pos]
+        rng = np.random.default_rng([seed, step, 3, bank_pos])
         for sample_pos in rng.choice(size, size=min(size, images_per_class), replace=False):
-            pairs.append((int(class_pos), int(sample_pos)))
+            pairs.append((int(bank_pos), int(sample_pos)))
     return pairs
 
 
@@ -56,13 +58,14 @@ def embed_samples(
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unit embeddings [M, D] of the readable samples among ``pairs`` and their classes [M]."""
+    """Unit embeddings [M, D] of the readable samples among (class_index, sample) ``pairs`` and
+    their ``class_index`` [M]."""
     data: list[bytes] = []
     classes: list[int] = []
-    for class_pos, sample_pos in pairs:
+    for class_index, sample_pos in pairs:
         try:
-            data.append(shards.read(class_pos, sample_pos))
-            classes.append(class_pos)
+            data.append(shards.read(class_index, sample_pos))
+            classes.append(class_index)
         except BadSample:  # counted and warned by the reader's callers; the class stays stale
             continue
     if not data:
@@ -80,7 +83,7 @@ def embed_samples(
 def refresh_stale_classes(
     model: torch.nn.Module,
     loader: Any,
-    class_source: Any,
+    class_source: ClassSource,
     step: int,
     stale: Sequence[int],
     config: ExperimentConfig,
@@ -89,11 +92,11 @@ def refresh_stale_classes(
 ) -> int:
     """Embed this rank's share of the ``stale`` classes and publish all shares from rank 0.
 
-    Every rank must call it with the same ``stale`` list (it is part of the broadcast answer).
-    ``loader`` is the rank's indexed ``ClassBatchLoader`` (class positions are its usable classes:
-    ``loader.classes`` maps them to the shard index, ``loader.class_sizes`` sizes them);
-    ``class_source`` is the rank's ``MiningClient`` or ``RandomClasses`` (whose publish is a
-    no-op). Returns the number of classes refreshed (0 when ``stale`` is empty).
+    Every rank must call it with the same ``stale`` list (``bank_pos``, part of the broadcast
+    answer). ``loader`` is the rank's indexed ``ClassBatchLoader`` (``ClassIds.of_loader`` maps
+    its ``bank_pos`` to the shards' ``class_index``, ``loader.class_sizes`` sizes them);
+    ``class_source`` is the rank's ``ClassSource`` (``RandomClasses`` publishes nothing).
+    Returns the number of classes refreshed (0 when ``stale`` is empty).
     """
     if not stale:
         return 0
@@ -102,13 +105,13 @@ def refresh_stale_classes(
     padded = list(stale) + [stale[-1]] * (-len(stale) % world)
     per_rank = len(padded) // world
     mine = padded[rank * per_rank : (rank + 1) * per_rank]
+    class_ids = ClassIds.of_loader(loader)
     pairs = refresh_samples(config.train.seed, step, mine, loader.class_sizes, images_per_class)
-    shard_pairs = [(loader.classes[c], s) for c, s in pairs]
-    shard_classes_M, emb_MD = embed_samples(
-        model, loader.shards, shard_pairs, config.data.decode_size, config.data.channels, device, dtype
+    index_pairs = list(zip(class_ids.class_index_of([p for p, _ in pairs]), [s for _, s in pairs], strict=True))
+    class_index_M, emb_MD = embed_samples(
+        model, loader.shards, index_pairs, config.data.decode_size, config.data.channels, device, dtype
     )
-    to_position = {shard_class: c for c, shard_class in zip(mine, (loader.classes[c] for c in mine), strict=True)}
-    classes_M = np.asarray([to_position[int(sc)] for sc in shard_classes_M], dtype=np.int64)
+    classes_M = np.asarray(class_ids.bank_pos_of(class_index_M.tolist()), dtype=np.int64)
     # Fixed-size rows so the all-gather lines up; rows of missing samples keep class -1.
     rows = per_rank * images_per_class
     classes_R = torch.full((rows,), -1, dtype=torch.int64)

@@ -2,7 +2,7 @@
 
 ``select_seed_neighbours`` (the service's default rule, below) draws random seed classes and
 joins each with neighbours sampled among its nearest classes. ``select_hard_classes`` is Sohn's
-greedy chain, described first. ``violation_rate`` measures how hard a batch is for the model.
+greedy chain, described first. How hard a chosen batch is: ``mining/hardness.py``.
 
 Greedy hard-negative-class selection (Sohn 2016, section 3.2):
 
@@ -16,9 +16,9 @@ similar to some already chosen class, so each pick is
 kept as a running maximum as classes are chosen. Two ways to keep it, one contract:
 
 - exact (``neighbours=None``): after each pick s, one matrix-vector product [C, D] x [D]
-  raises every class's score; O(N C D) in all. About 9.5 s for N=1000 of C=100,000 at D=512
-  on two cores, so it is the path for small banks (the service switches at
-  ``mining.exact_below_classes``).
+  raises every class's score; O(N C D) in all: seconds at N=1000 of C=100,000 on a CPU
+  (``dml-dist bench mining`` measures it), so it is the path for small banks (the service
+  switches at ``mining.exact_below_classes``).
 - graph-restricted (``neighbours`` = [C, k] nearest-neighbour lists, see ``mining/graph.py``):
   a pick s raises only the scores of its k neighbours, by their similarity to s computed from
   the current embeddings (the graph only says who may be close; similarities are never stale).
@@ -37,7 +37,6 @@ has never seen). Everything is a pure function of the inputs and ``seed``.
 from __future__ import annotations
 
 import heapq
-from typing import Any
 
 import numpy as np
 
@@ -154,19 +153,6 @@ def _greedy_graph(
             pick = next_random()
 
 
-def nearest_negative_similarity(class_embeddings: np.ndarray, classes: np.ndarray) -> float:
-    """How hard a batch is: mean over its classes of the similarity to the closest other class.
-
-    NaN when fewer than two classes are given. [M, M] similarities, M = len(classes).
-    """
-    if len(classes) < 2:
-        return float("nan")
-    emb_MD = np.asarray(class_embeddings[np.asarray(classes)], dtype=np.float32)
-    sim_MM = emb_MD @ emb_MD.T
-    np.fill_diagonal(sim_MM, -np.inf)
-    return float(sim_MM.max(axis=1).mean())
-
-
 def select_seed_neighbours(
     class_embeddings: np.ndarray,
     n: int,
@@ -279,32 +265,3 @@ def _seed_candidates(
     cand = np.argpartition(-sims, k - 1)[:k]
     cand = cand[np.argsort(-sims[cand], kind="stable")]
     return cand.astype(np.int64), sims[cand]
-
-
-def violation_rate(ref_ND: Any, labels_N: Any, margin: float = 0.0) -> float:
-    """Share of anchors whose hardest in-batch negative violates the margin.
-
-    For anchor i with unit embedding f_i: s+ = min over its positives p of f_i^T f_p (the
-    hardest positive), s- = max over negatives j (other class) of f_i^T f_j; anchor i violates
-    when s- > s+ - margin. Anchors without a positive or a negative are left out. Works on the
-    global batch (``ref_ND``, [N, D], torch or numpy; normalized here) with its labels [N];
-    costs one N x N similarity. Returns NaN when no anchor qualifies.
-
-    What it says: near 0, the batch's negatives are already separated (the loss learns little
-    from them; harder classes would help); near 1, the batch is mostly confusions (typical at
-    step 0, or a batch too hard to learn from). A random-class batch of a trained model sits
-    low; a mined batch should sit higher than a random one at the same step.
-    """
-    emb = np.asarray(ref_ND.detach().float().cpu().numpy() if hasattr(ref_ND, "detach") else ref_ND, np.float32)
-    labels = np.asarray(labels_N.cpu().numpy() if hasattr(labels_N, "cpu") else labels_N)
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    sim_NN = emb @ emb.T
-    same_NN = labels[:, None] == labels[None, :]
-    np.fill_diagonal(same_NN, False)
-    other_NN = labels[:, None] != labels[None, :]
-    hardest_pos = np.where(same_NN, sim_NN, np.inf).min(axis=1)
-    hardest_neg = np.where(other_NN, sim_NN, -np.inf).max(axis=1)
-    valid = same_NN.any(axis=1) & other_NN.any(axis=1)
-    if not valid.any():
-        return float("nan")
-    return float(np.mean(hardest_neg[valid] > hardest_pos[valid] - margin))

@@ -8,9 +8,8 @@ already reads for Ray's own metrics. So one Prometheus on the head scrapes the w
 node with no file copied by hand and no port opened per worker. The alternative, an HTTP
 endpoint per worker registered in a directory the head watches, needs a shared directory or a
 target file copied per node, a port per worker reachable across nodes, and its own cleanup.
-Cost of the Ray route: the agent exports about every 10 s (measured here: a value set in a
-worker appeared on its node's agent 9.7 s later), which a dashboard refreshing every 5 to 10 s
-hides; Ray prefixes names with ``ray_`` and adds its own labels (``NodeAddress``, ``WorkerId``,
+Cost of the Ray route: the agent exports on its own period (about 10 s by Ray's default), so a
+value reaches Prometheus that much later, which a dashboard refreshing every 5 to 10 s hides; Ray prefixes names with ``ray_`` and adds its own labels (``NodeAddress``, ``WorkerId``,
 ``SessionName``).
 
 Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prometheus sets):
@@ -30,13 +29,16 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
   similarity (by the class bank) to the closest other class of the batch;
 - ``ray_dml_dist_eval_recall{k="1"...}``: the last held-out Recall@K;
 - ``ray_dml_dist_mining_violation_rate``: share of the batch's anchors whose hardest negative is
-  more similar than their hardest positive (rank 0, every step, mining on or off);
+  more similar than their hardest positive (rank 0, at log steps, mining on or off);
 - ``ray_dml_dist_mining_staleness_steps{stat}``: steps since the class centres the last selection
   relied on were refreshed; ``ray_dml_dist_mining_hard_share{rule}``: share of its classes mined;
 - ``ray_dml_dist_data_skipped_samples_total``: training samples skipped as bad data;
 - ``ray_dml_dist_xbm_fill_ratio``, ``ray_dml_dist_xbm_age_steps{stat="mean"|"max"}``,
   ``ray_dml_dist_xbm_bytes``: the cross-batch memory's fill, the age of its rows, its size
   (only when ``memory.size`` > 0).
+
+A step's figures come as one ``StepMetrics`` (``observability/step_metrics.py``), the mining
+figures as the step's ``MiningAnswer`` (``mining/answer.py``).
 """
 
 from __future__ import annotations
@@ -46,30 +48,25 @@ from typing import Any
 
 import torch
 
+from dml_dist.mining.answer import MiningAnswer
+from dml_dist.observability.step_metrics import StepMetrics
+
 STEP_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
 
 class NullMetrics:
     """Accepts every observation and does nothing."""
 
-    def observe_step(
-        self, loss: float, num_samples: int, step_seconds: float, phases: dict[str, float] | None = None
-    ) -> None:
+    def observe_step(self, row: StepMetrics) -> None:
         pass
 
-    def observe_mining(self, answer: dict[str, Any]) -> None:
+    def observe_mining(self, answer: MiningAnswer) -> None:
         pass
 
     def observe_eval(self, recall: dict[int, float]) -> None:
         pass
 
     def observe_data_skips(self, count: int) -> None:
-        pass
-
-    def observe_memory(self, stats: dict[str, float]) -> None:
-        pass
-
-    def observe_violation(self, rate: float | None) -> None:
         pass
 
 
@@ -123,34 +120,40 @@ class RayMetrics(NullMetrics):
         self._memory_age = gauge("dml_dist_xbm_age_steps", "Age in steps of the cross-batch memory's rows", ("stat",))
         self._memory_bytes = gauge("dml_dist_xbm_bytes", "Bytes the cross-batch memory holds on this rank")
 
-    def observe_step(
-        self, loss: float, num_samples: int, step_seconds: float, phases: dict[str, float] | None = None
-    ) -> None:
+    def observe_step(self, row: StepMetrics) -> None:
         tags = self._tags
-        self._loss.set(loss, tags=tags)
-        self._samples.inc(num_samples, tags=tags)
+        self._loss.set(row.loss, tags=tags)
+        self._samples.inc(row.local_samples, tags=tags)
         self._steps.inc(1, tags=tags)
-        self._step.observe(step_seconds, tags=tags)
-        for phase, seconds in (phases or {}).items():
+        self._step.observe(row.step_seconds, tags=tags)
+        for phase, seconds in {"data": row.data_seconds, **row.phase_seconds}.items():
             self._phase.observe(seconds, tags={**tags, "phase": phase})
         self._rss.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, tags=tags)
         if torch.cuda.is_available():
             self._gpu_memory.set(torch.cuda.max_memory_allocated(), tags=tags)
+        rate = row.violation_rate
+        if rate is not None and rate == rate:  # None off rank 0 and between log steps, NaN without pairs
+            self._violation.set(rate, tags=tags)
+        if row.memory:  # empty: memory off
+            self._memory_fill.set(row.memory["memory_fill"], tags=tags)
+            self._memory_age.set(row.memory["memory_age_mean_steps"], tags={**tags, "stat": "mean"})
+            self._memory_age.set(row.memory["memory_age_max_steps"], tags={**tags, "stat": "max"})
+            self._memory_bytes.set(row.memory.get("memory_bytes", 0.0), tags=tags)
 
-    def observe_mining(self, answer: dict[str, Any]) -> None:
+    def observe_mining(self, answer: MiningAnswer) -> None:
         tags = self._tags
-        if answer.get("fallback"):
+        if answer.fallback:
             self._fallbacks.inc(1, tags=tags)
-        if "refresh_age_max" in answer:
-            self._age.set(answer["refresh_age_max"], tags={**tags, "stat": "max"})
-            self._age.set(answer["refresh_age_mean"], tags={**tags, "stat": "mean"})
-            self._selection.set(answer["selection_seconds"], tags=tags)
-        if answer.get("staleness_at_selection_mean") is not None:
-            self._staleness.set(answer["staleness_at_selection_mean"], tags={**tags, "stat": "mean"})
-            self._staleness.set(answer["staleness_at_selection_max"], tags={**tags, "stat": "max"})
-        if "rule" in answer:
-            self._hard_share.set(answer.get("hard_share") or 0.0, tags={**tags, "rule": str(answer["rule"])})
-        similarity = answer.get("negative_similarity")
+        if answer.refresh_age_max is not None:  # a service answered (not random classes of the client)
+            self._age.set(answer.refresh_age_max, tags={**tags, "stat": "max"})
+            self._age.set(answer.refresh_age_mean, tags={**tags, "stat": "mean"})
+            self._selection.set(answer.selection_seconds, tags=tags)
+        if answer.staleness_at_selection_mean is not None:
+            self._staleness.set(answer.staleness_at_selection_mean, tags={**tags, "stat": "mean"})
+            self._staleness.set(answer.staleness_at_selection_max, tags={**tags, "stat": "max"})
+        if answer.rule is not None:
+            self._hard_share.set(answer.hard_share or 0.0, tags={**tags, "rule": answer.rule})
+        similarity = answer.negative_similarity
         if similarity is not None and similarity == similarity:  # NaN: fewer than two known classes
             self._negative_similarity.set(similarity, tags=tags)
 
@@ -161,15 +164,3 @@ class RayMetrics(NullMetrics):
     def observe_data_skips(self, count: int) -> None:
         if count > 0:
             self._data_skips.inc(count, tags=self._tags)
-
-    def observe_violation(self, rate: float | None) -> None:
-        if rate is not None and rate == rate:  # None off rank 0, NaN without positives and negatives
-            self._violation.set(rate, tags=self._tags)
-
-    def observe_memory(self, stats: dict[str, float]) -> None:
-        if not stats:  # memory off
-            return
-        self._memory_fill.set(stats["memory_fill"], tags=self._tags)
-        self._memory_age.set(stats["memory_age_mean_steps"], tags={**self._tags, "stat": "mean"})
-        self._memory_age.set(stats["memory_age_max_steps"], tags={**self._tags, "stat": "max"})
-        self._memory_bytes.set(stats.get("memory_bytes", 0.0), tags=self._tags)

@@ -16,7 +16,7 @@ skipped by ``latest_good`` with a message naming the problem, and the previous g
 Loading goes through ``SafeCheckpointEngine``: ``torch.load(weights_only=True)`` with an
 explicit allowlist of the few DeepSpeed classes its files contain, instead of DeepSpeed's
 default ``weights_only=False`` (which would run arbitrary pickled code from a tampered file).
-The mining state is the service's own ``.npz`` (``mining/service.py``).
+The mining state is the service's own ``.npz`` (``mining/service_state.py``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from dml_dist.data.datasets import resolve_data
 from dml_dist.data.shard_layout import CLASS_INDEX, is_complete, read_manifest
 from dml_dist.data.tar_stream import is_remote
 from dml_dist.losses import build_loss
-from dml_dist.mining.service import BANK_FILE, start_mining_actor
+from dml_dist.mining.actor import BANK_FILE, start_mining_actor
 from dml_dist.models.embedder import check_pretrained_weights
 from dml_dist.observability.logging import library_level, worker_env
 from dml_dist.train import checkpoint, run_files, uri_storage

@@ -3,7 +3,8 @@
 ``config.yaml`` (resolved config), ``metrics.jsonl`` (a JSON object per logged step),
 ``eval.json`` (held-out retrieval, untrained and latest), ``embedder.pt`` (model weights and
 config, loadable with ``weights_only=True``), ``checkpoints/`` (Ray Train checkpoints: DeepSpeed
-engine state of every rank and the mining state), ``placement.json`` (each rank's node and pid).
+engine state of every rank and the mining state), ``placement.json`` (each rank's node and pid),
+``resumes.jsonl`` (a JSON object per resume: the step resumed from).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EMBEDDER = "embedder.pt"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 PLACEMENT = "placement.json"
+RESUMES = "resumes.jsonl"
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

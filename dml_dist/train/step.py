@@ -1,6 +1,6 @@
 """One optimizer step on the global batch: plain, or with cached embedding gradients.
 
-Plain path: embed this rank's B images with gradient, all-gather (``dist/collectives.py``),
+Plain path: embed this rank's B images with gradient, all-gather (``distributed/collectives.py``),
 compute this rank's loss share against the global batch, back-propagate W * share, step.
 Activation memory grows with B.
 
@@ -40,7 +40,8 @@ LossFn = Callable[..., torch.Tensor]
 
 @dataclass
 class StepResult:
-    """What one step produced: the global loss, the gathered embeddings, and where time went.
+    """What one step produced: the global loss, the gathered embeddings [N, D] (detached) and
+    labels [N] of the global batch, and where time went.
 
     ``skipped`` is true when the global loss or a gradient was not finite: then no parameter
     changed (every rank takes the same decision, from all-reduced values).
@@ -48,6 +49,7 @@ class StepResult:
 
     loss: float
     ref_ND: torch.Tensor
+    ref_labels_N: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: bool = False
 
@@ -76,13 +78,13 @@ def _plain_step(engine: Any, loss_fn: LossFn, images: torch.Tensor, labels_B: to
     clock = _Clock()
     with clock("forward"):
         emb_BD = engine(images).float()
-    share, ref_ND = _loss_share(loss_fn, emb_BD, labels_B, clock)
+    share, ref_ND, ref_labels_N = _loss_share(loss_fn, emb_BD, labels_B, clock)
     loss = float(collectives.all_reduce_sum(share))
     if not math.isfinite(loss):
-        return StepResult(loss, ref_ND.detach(), clock.seconds, skipped=True)
+        return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds, skipped=True)
     with clock("backward"):
         engine.backward(collectives.scale_for_gradient_averaging(share))
-    return _finish(engine, loss, ref_ND, clock)
+    return _finish(engine, loss, ref_ND, ref_labels_N, clock)
 
 
 def _cached_gradient_step(
@@ -97,10 +99,10 @@ def _cached_gradient_step(
             states.append(_rng_state(chunk.device))
             parts.append(engine(chunk).float())
     emb_BD = torch.cat(parts).requires_grad_(True)
-    share, ref_ND = _loss_share(loss_fn, emb_BD, labels_B, clock)
+    share, ref_ND, ref_labels_N = _loss_share(loss_fn, emb_BD, labels_B, clock)
     loss = float(collectives.all_reduce_sum(share))
     if not math.isfinite(loss):
-        return StepResult(loss, ref_ND.detach(), clock.seconds, skipped=True)
+        return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds, skipped=True)
     with clock("backward"):
         collectives.scale_for_gradient_averaging(share).backward()
         assert emb_BD.grad is not None
@@ -109,17 +111,17 @@ def _cached_gradient_step(
             _set_rng_state(chunk.device, state)
             engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             engine.backward((engine(chunk).float() * grad).sum())
-    return _finish(engine, loss, ref_ND, clock)
+    return _finish(engine, loss, ref_ND, ref_labels_N, clock)
 
 
-def _finish(engine: Any, loss: float, ref_ND: torch.Tensor, clock: _Clock) -> StepResult:
+def _finish(engine: Any, loss: float, ref_ND: torch.Tensor, ref_labels_N: torch.Tensor, clock: _Clock) -> StepResult:
     """Step the optimizer unless some rank holds a non-finite gradient (then drop them all)."""
     with clock("optimizer"):
         if not _gradients_finite(engine.module):
             engine.zero_grad()
-            return StepResult(loss, ref_ND.detach(), clock.seconds, skipped=True)
+            return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds, skipped=True)
         engine.step()
-    return StepResult(loss, ref_ND.detach(), clock.seconds)
+    return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds)
 
 
 def _gradients_finite(model: torch.nn.Module) -> bool:
@@ -135,13 +137,14 @@ def _gradients_finite(model: torch.nn.Module) -> bool:
 
 def _loss_share(
     loss_fn: LossFn, emb_BD: torch.Tensor, labels_B: torch.Tensor, clock: _Clock
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's loss share, and the global embeddings [N, D] and labels [N] it was taken against."""
     with clock("all_gather"):
         ref_ND = collectives.gather_with_grad(emb_BD)
         ref_labels_N = collectives.gather_no_grad(labels_B)
     with clock("loss"):
         share = loss_fn(emb_BD, labels_B, ref_ND, ref_labels_N, ref_start=collectives.rank() * emb_BD.shape[0])
-    return share, ref_ND
+    return share, ref_ND, ref_labels_N
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

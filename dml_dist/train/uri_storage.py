@@ -32,7 +32,7 @@ from dml_dist.train.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from dml_dist.train.checkpoint import PREFIX, GoodCheckpoint, verify
 
 SCRATCH = "dml-dist"
-MANIFEST = "manifest.json"  # data/shards.py: a shard directory is complete once it holds this
+MANIFEST = "manifest.json"  # data/shard_layout.py: a shard directory is complete once it holds this
 CHECKPOINTS = "checkpoints"
 
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from dml_dist.config import MiningConfig
+from dml_dist.mining.actor import start_mining_actor
 from dml_dist.mining.client import MiningClient
-from dml_dist.mining.service import start_mining_actor
 
 
 def _wait_for_restart(ray, actor, timeout_s: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
@@ -49,7 +49,7 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         # Cold bank: the service answers with random classes, which counts as a fallback.
         client.request(1)
         answer = client.classes_for(1)
-        assert answer["mined"] is False and answer["fallback_reason"] == "warmup" and client.fallbacks == 1
+        assert answer.mined is False and answer.fallback_reason == "warmup" and client.fallbacks == 1
         # Near-duplicate pairs (2i, 2i + 1): a mined batch is made of whole pairs.
         rng = np.random.default_rng(0)
         centres = rng.standard_normal((num_classes // 2, dim))
@@ -59,10 +59,10 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         # and peek(t + 1) (the loader's prefetch) gets the very answer classes_for(t + 1) returns.
         client.request(4)
         answer = client.classes_for(4)
-        assert answer["mined"] is True and client.fallbacks == 1
-        assert np.all(np.bincount(np.asarray(answer["classes"]) // 2) % 2 == 0)
+        assert answer.mined is True and client.fallbacks == 1
+        assert np.all(np.bincount(np.asarray(answer.classes) // 2) % 2 == 0)
         upcoming = client.peek(5)
-        assert client.classes_for(5)["classes"] == upcoming and client.fallbacks == 1
+        assert client.classes_for(5).classes == upcoming and client.fallbacks == 1
 
         client.save_bank(str(bank_path))
         stats = ray.get(actor.stats.remote(), timeout=10)
@@ -76,10 +76,10 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         started = time.perf_counter()
         answer = client.classes_for(6)
         waited = time.perf_counter() - started
-        assert answer.get("fallback") is True and answer["mined"] is False
-        assert answer["fallback_reason"] in ("timeout", "unavailable") and client.fallbacks == 2
+        assert answer.fallback is True and answer.mined is False
+        assert answer.fallback_reason in ("timeout", "unavailable") and client.fallbacks == 2
         assert waited < config.timeout_s + 1.0
-        assert len(set(answer["classes"])) == n
+        assert len(set(answer.classes)) == n
 
         # The restarted actor restored its bank from the saved file and mines again.
         restarted = _wait_for_restart(ray, actor)
@@ -88,7 +88,7 @@ def test_actor_answers_falls_back_when_killed_and_restores_its_bank(ray_session,
         client.timeout_s = 10.0
         client.request(8)
         answer = client.classes_for(8)
-        assert answer["mined"] is True and client.fallbacks == 2
+        assert answer.mined is True and client.fallbacks == 2
     finally:
         ray.kill(actor, no_restart=True)
 
@@ -104,7 +104,7 @@ def test_state_saved_through_the_client_restores_into_a_new_actor(ray_session, t
         client = MiningClient(first, timeout_s=30.0, seed=2, num_classes=num_classes, n=n)
         for step in range(12):  # the loop's order: ask ahead, take the step's classes, publish
             client.request(step)
-            classes = np.asarray(client.classes_for(step)["classes"])
+            classes = np.asarray(client.classes_for(step).classes)
             client.publish(step, classes, emb[classes])
         path = client.save_state(str(tmp_path / "mining_state.npz"))
         resumed = MiningClient(second, timeout_s=30.0, seed=2, num_classes=num_classes, n=n)
@@ -113,9 +113,9 @@ def test_state_saved_through_the_client_restores_into_a_new_actor(ray_session, t
             client.request(step)
             resumed.request(step)
             expected, got = client.classes_for(step), resumed.classes_for(step)
-            assert expected["mined"] is True and got["classes"] == expected["classes"]
-            client.publish(step, np.asarray(expected["classes"]), emb[expected["classes"]])
-            resumed.publish(step, np.asarray(got["classes"]), emb[got["classes"]])
+            assert expected.mined is True and got.classes == expected.classes
+            client.publish(step, np.asarray(expected.classes), emb[expected.classes])
+            resumed.publish(step, np.asarray(got.classes), emb[got.classes])
     finally:
         ray_session.kill(first, no_restart=True)
         ray_session.kill(second, no_restart=True)

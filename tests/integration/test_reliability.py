@@ -106,7 +106,7 @@ def test_killed_worker_and_killed_mining_actor_are_survived(
 ) -> None:
     from ray.util.state import list_actors
 
-    from dml_dist.mining.service import mining_actor_name
+    from dml_dist.mining.actor import mining_actor_name
 
     run_dir = tmp_path / "faults"
     faults: dict[str, int] = {}

@@ -8,12 +8,8 @@ import pytest
 from dml_dist.config import ExperimentConfig, MiningConfig
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
-from dml_dist.mining.selection import (
-    nearest_negative_similarity,
-    select_hard_classes,
-    select_seed_neighbours,
-    violation_rate,
-)
+from dml_dist.mining.hardness import nearest_negative_similarity, violation_rate
+from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 from dml_dist.mining.service import PUBLISH_LAG, MiningService
 
 
@@ -238,22 +234,22 @@ def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # t
     path = tmp_path / "bank.npz"
     service = MiningService(200, 32, config, seed=0, checkpoint_path=str(path))
     emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
-    assert service.next_classes(1, 20)["mined"] is False  # cold: random classes
+    assert service.next_classes(1, 20).mined is False  # cold: random classes
     service.publish(1, np.arange(120), emb[:120])
     # The answer for step t reads the publishes of steps <= t - PUBLISH_LAG only.
-    assert service.next_classes(1 + PUBLISH_LAG - 1, 20)["mined"] is False
+    assert service.next_classes(1 + PUBLISH_LAG - 1, 20).mined is False
     answer = service.next_classes(1 + PUBLISH_LAG, 20)
-    assert answer["mined"] is True and answer["negative_similarity"] > 0.9 and answer["rule"] == "greedy"
-    assert set(answer["classes"]) <= set(range(120))  # greedy picks need an embedding
-    assert answer["staleness_at_selection_max"] == PUBLISH_LAG  # relied on classes published at step 1
+    assert answer.mined is True and answer.negative_similarity > 0.9 and answer.rule == "greedy"
+    assert set(answer.classes) <= set(range(120))  # greedy picks need an embedding
+    assert answer.staleness_at_selection_max == PUBLISH_LAG  # relied on classes published at step 1
     answer = service.next_classes(5, 20)
-    assert answer["stale_classes"][:3] == [120, 121, 122]  # never-seen classes first
-    assert "stale_classes" not in service.next_classes(6, 20)
+    assert answer.stale_classes[:3] == [120, 121, 122]  # never-seen classes first
+    assert service.next_classes(6, 20).stale_classes == []
     service.save()
     restored = MiningService(200, 32, config, seed=0, checkpoint_path=str(path))
     assert restored.stats()["restored_step"] == 1
     np.testing.assert_array_equal(restored.bank.embeddings, service.bank.embeddings)
-    assert restored.next_classes(7, 20)["classes"] == service.next_classes(7, 20)["classes"]
+    assert restored.next_classes(7, 20).classes == service.next_classes(7, 20).classes
 
 
 def test_service_uses_the_graph_on_large_banks() -> None:
@@ -270,12 +266,12 @@ def test_service_uses_the_graph_on_large_banks() -> None:
     service.publish(1, np.arange(200), emb)
     # The graph of the bank at step 5 is used from step 5 + R + PUBLISH_LAG on; random before.
     first = 5 + 5 + PUBLISH_LAG
-    assert service.next_classes(first - 1, 20)["reason"] == "graph_pending"
+    assert service.next_classes(first - 1, 20).reason == "graph_pending"
     answer = service.next_classes(first, 20)
-    assert answer["mined"] is True and answer["graph_step"] == 5
+    assert answer.mined is True and answer.graph_step == 5
     stats = service.stats()
     assert stats["selection"] == "graph" and stats["graph_step"] in (5, 10)  # the newest graph built
-    assert np.all(np.bincount(np.asarray(answer["classes"]) // 2) % 2 == 0)
+    assert np.all(np.bincount(np.asarray(answer.classes) // 2) % 2 == 0)
 
 
 def test_random_rule_and_warmup_schedule() -> None:
@@ -283,15 +279,15 @@ def test_random_rule_and_warmup_schedule() -> None:
     random_rule = MiningService(200, 32, _config(rule="random", warmup_coverage=0.0), seed=0)
     random_rule.publish(0, np.arange(200), emb)
     answer = random_rule.next_classes(10, 20)
-    assert answer["mined"] is False and answer["reason"] == "rule" and answer["hard_share"] == 0.0
+    assert answer.mined is False and answer.reason == "rule" and answer.hard_share == 0.0
     config = _config(warmup_coverage=0.0, warmup_steps=10, ramp_steps=10, random_share=0.2)
     service = MiningService(200, 32, config, seed=0)
     assert [service.hard_share(t) for t in (0, 9, 10, 14, 19, 30)] == pytest.approx([0, 0, 0.08, 0.4, 0.8, 0.8])
     service.publish(0, np.arange(200), emb)
-    assert service.next_classes(9, 40)["reason"] == "warmup"
+    assert service.next_classes(9, 40).reason == "warmup"
     late = service.next_classes(30, 40)
-    assert late["mined"] is True and late["hard_share"] == pytest.approx(0.8)
-    pairs = np.asarray(late["classes"][:32]) // 2  # 16 groups of a seed and its twin, then 8 random classes
+    assert late.mined is True and late.hard_share == pytest.approx(0.8)
+    pairs = np.asarray(late.classes[:32]) // 2  # 16 groups of a seed and its twin, then 8 random classes
     assert np.all(pairs[0::2] == pairs[1::2])
 
 
@@ -303,12 +299,12 @@ def test_fresh_within_steps_mines_only_recently_refreshed_classes() -> None:
     service.publish(35, np.arange(100, 200), emb[100:])
     answer = service.next_classes(40, 40)
     # Seeds of the old half have no trusted embedding: their slots go to random classes.
-    assert answer["mined"] is True and answer["staleness_at_selection_max"] == 40 - 35
+    assert answer.mined is True and answer.staleness_at_selection_max == 40 - 35
     stale_config = _config(warmup_coverage=0.0, random_share=0.0)
     any_age = MiningService(200, 32, stale_config, seed=0)
     any_age.publish(0, np.arange(100), emb[:100])
     any_age.publish(35, np.arange(100, 200), emb[100:])
-    assert any_age.next_classes(40, 40)["staleness_at_selection_max"] == 40
+    assert any_age.next_classes(40, 40).staleness_at_selection_max == 40
 
 
 def _drive(service: MiningService, steps: range, n: int, emb: np.ndarray, seed: int) -> list[list[int]]:
@@ -319,14 +315,14 @@ def _drive(service: MiningService, steps: range, n: int, emb: np.ndarray, seed: 
         answer = service.next_classes(t, n)
         service.next_classes(t + 1, n)
         service.next_classes(t + 2, n)
-        classes = np.asarray(answer["classes"])
+        classes = np.asarray(answer.classes)
         noise = np.random.default_rng([seed, t]).standard_normal((n, emb.shape[1])).astype(np.float32)
         drift = 0.3 * np.sin(t / 7.0)  # the model moves: the class embeddings change with t
         service.publish(t, classes, emb[classes] + drift * noise)
-        stale = answer.get("stale_classes", [])
+        stale = answer.stale_classes
         if stale:
             service.publish(t, np.asarray(stale), emb[np.asarray(stale)])
-        answers.append(answer["classes"])
+        answers.append(answer.classes)
     return answers
 
 
@@ -395,3 +391,27 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
     assert sorted(recorder.class_ids.tolist()) == [5, 5, 7, 7, 11, 11]
     np.testing.assert_allclose(np.linalg.norm(recorder.emb, axis=1), 1.0, atol=1e-5)
     assert refresh_stale_classes(model, loader, recorder, 10, [], config, torch.device("cpu"), torch.float32) == 0
+
+
+# ----------------------------------------------------------------------------- class index spaces
+def test_class_ids_map_bank_positions_shard_indices_and_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A loader that drops classes: bank_pos, class_index and label differ, and ClassIds maps them."""
+    from dml_dist.data.formats import write_dataset
+    from dml_dist.data.decode_spec import DecodeSpec
+    from dml_dist.data.indexed_loader import ClassBatchLoader
+    from dml_dist.data.shard_index import IndexedShards
+    from dml_dist.mining.class_ids import ClassIds
+    from tests.unit.test_data import make_folder
+
+    make_folder(tmp_path / "src", [3, 1, 3, 2, 3], nested=False)
+    write_dataset("folder", tmp_path / "src", tmp_path / "shards", samples_per_shard=100, holdout=0.0)
+    shards = IndexedShards(tmp_path / "shards")
+    loader = ClassBatchLoader(
+        shards, DecodeSpec(12), seed=0, images_per_class=3, world_size=1, rank=0, min_images_policy="exclude"
+    )
+    ids = ClassIds.of_loader(loader)
+    assert ids.class_index_of([0, 1, 2]) == [0, 2, 4]  # shard classes 1 and 3 have fewer than K images
+    assert ids.bank_pos_of([4, 0]) == [2, 0]
+    assert ids.label_of([0, 1, 2]) == loader.labels == [shards.labels[c] for c in (0, 2, 4)]
+    _, labels = loader.load(0, [2, 0])
+    assert labels.tolist() == [ids.label_of([2])[0]] * 3 + [ids.label_of([0])[0]] * 3

@@ -1,0 +1,66 @@
+"""The figures of one training step: ``StepMetrics``, built by the loop, read by every sink.
+
+The loop (``train/loop.py``) builds one per step on every rank. Rank 0 writes it to
+``metrics.jsonl`` at log steps (``to_json``: one JSON object, keys in the order below, phase
+seconds and cross-batch memory figures flattened in); ``ray.train.report`` gets a few of its
+figures (``train/reporting.py``); the Prometheus sink observes it every step
+(``observability/metrics.py``). The mining figures come from the step's ``MiningAnswer``
+(``mining/answer.py``); ``violation_rate`` is computed on rank 0 at log steps only (None
+elsewhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    """Steps done (the step's index + 1)."""
+    loss: float
+    """Global loss of the step."""
+    samples_per_second: float
+    global_batch: int
+    """Samples of the global batch (N x K)."""
+    local_samples: int
+    """Samples this rank trained on (for the samples counter; not in ``metrics.jsonl``)."""
+    skipped: bool
+    """The loss or a gradient was not finite: no parameter changed."""
+    skipped_steps: int
+    step_seconds: float
+    data_seconds: float
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds in forward, all_gather, loss, backward, optimizer (``train/step.py``)."""
+    mined: bool = False
+    fallbacks: int = 0
+    refresh_age_max: float | None = None
+    negative_similarity: float | None = None
+    violation_rate: float | None = None
+    staleness_at_selection_mean: float | None = None
+    hard_share: float | None = None
+    memory: dict[str, float] = field(default_factory=dict)
+    """Cross-batch memory figures (``memory_fill``, ...); empty when the memory is off."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``metrics.jsonl`` row."""
+        return {
+            "step": self.step,
+            "loss": self.loss,
+            "samples_per_second": self.samples_per_second,
+            "global_batch": self.global_batch,
+            "skipped": self.skipped,
+            "skipped_steps": self.skipped_steps,
+            "step_seconds": self.step_seconds,
+            "data_seconds": self.data_seconds,
+            **{f"{name}_seconds": value for name, value in self.phase_seconds.items()},
+            "mined": self.mined,
+            "fallbacks": self.fallbacks,
+            "refresh_age_max": self.refresh_age_max,
+            "negative_similarity": self.negative_similarity,
+            "violation_rate": self.violation_rate,
+            "staleness_at_selection_mean": self.staleness_at_selection_mean,
+            "hard_share": self.hard_share,
+            **self.memory,
+        }
