@@ -8,7 +8,7 @@ DeepSpeed traceback in a worker) and the JSON Schema of ``dml-dist config schema
 those checks in their section or in ``ExperimentConfig`` (``schema.py``); their entry here is the
 bound that holds on its own. A list field's bound applies to each element.
 
-``tests/unit/test_config_describe.py`` requires an entry for every int and float field of the
+``tests/unit/config/test_config_describe.py`` requires an entry for every int and float field of the
 schema, so a new field cannot skip its range.
 """
 

@@ -5,7 +5,7 @@ steps, momentum), the queued publishes (steps, sizes, concatenated ``bank_pos`` 
 kept answers (``MiningAnswer.to_dict`` as JSON), the graphs in use and next (neighbour lists,
 build time and method; running builds are waited for first) and the counters. A service restored
 from the file at a step boundary answers as the uninterrupted one does
-(``tests/unit/test_mining.py``). A bank-only file of an older version restores too, with an
+(``tests/unit/mining/test_mining.py``). A bank-only file of an older version restores too, with an
 empty queue, no kept answers and no graphs. ``state_bytes``/``restore_bytes`` carry the same
 file through Ray, so a checkpoint taken on another node never needs a path on the actor's node.
 """

@@ -396,12 +396,12 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
 # ----------------------------------------------------------------------------- class index spaces
 def test_class_ids_map_bank_positions_shard_indices_and_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A loader that drops classes: bank_pos, class_index and label differ, and ClassIds maps them."""
-    from dml_dist.data.formats import write_dataset
     from dml_dist.data.decode_spec import DecodeSpec
+    from dml_dist.data.formats import write_dataset
     from dml_dist.data.indexed_loader import ClassBatchLoader
     from dml_dist.data.shard_index import IndexedShards
     from dml_dist.mining.class_ids import ClassIds
-    from tests.unit.test_data import make_folder
+    from tests.unit.data.test_data import make_folder
 
     make_folder(tmp_path / "src", [3, 1, 3, 2, 3], nested=False)
     write_dataset("folder", tmp_path / "src", tmp_path / "shards", samples_per_shard=100, holdout=0.0)
