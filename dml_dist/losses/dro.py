@@ -30,8 +30,8 @@ all pairs of the reference set without gradient (N x N x D forward; skipped in o
 each rank then sums the selected or weighted terms of its own anchors' pairs. Work B x N x D.
 
 Speed: the loss is one N x N pass over the pairs plus, for the top-K forms, a top-k selection
-over all N^2 pair losses (about 2 ms at N = 1000 on 2 CPU threads, single-threaded in torch).
-TopK-PN needs two selections, one per side, which puts it at about 2x the similarity floor.
+over all N^2 pair losses (single-threaded in torch). TopK-PN needs two selections, one per side;
+``dml-dist bench losses`` gives each form's time against the similarity floor.
 """
 
 from __future__ import annotations

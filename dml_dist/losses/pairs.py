@@ -23,8 +23,8 @@ import torch.nn.functional as F
 # finite gradients (exp(NEG - max) underflows to exactly 0 for valid rows).
 NEG = -1e30
 
-# Boolean-conditioned kernels (torch.where, masked_fill) run about 25x slower on CPU than plain
-# arithmetic (torch 2.13, 1M entries: 2 ms against 0.08 ms), so the N x N hot paths apply masks
+# Boolean-conditioned kernels (torch.where, masked_fill) run far slower on CPU than plain
+# arithmetic (torch 2.13), so the N x N hot paths apply masks
 # as 0/1 factors (``factor``) and as large additive offsets (``masked_max``, ``masked_min``).
 
 
@@ -152,8 +152,8 @@ def holds_all_anchors(emb_BD: torch.Tensor, num_anchors: int) -> bool:
 # (below about -87), which masked entries and far-away pairs of an N x N matrix mostly are.
 # -60 rather than -80: the saved softmax of such entries, times a gradient scaled by a pair
 # count (1e-4 and less), must stay above fp32's smallest normal number (1.2e-38); denormal
-# gradients make the backward matmul 5 to 10x slower on CPU (a 1000 x 9192 memory term:
-# 13.9 s against 1.2 s, torch 2.13, 2 threads).
+# gradients make the backward matmul several times slower on CPU (`dml-dist bench losses
+# --memory-sizes 8192` times the memory term).
 EXP_FLOOR = -60.0
 
 

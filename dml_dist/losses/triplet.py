@@ -45,8 +45,8 @@ MINING = ("all", "semihard", "hard")
 
 # The slot loop costs P passes over the rows, the search a fixed handful (a sort, one or two
 # binary searches and scatters): the loop is faster up to about 8 positives per anchor (N-pair
-# and PK batches), the search beyond (a cross-batch memory holds many rows of a class: at
-# N = 1000, M = 8,192, P = 13, 1.6 s against 0.7 s). Both give the same counts, bit for bit.
+# and PK batches), the search beyond (a cross-batch memory holds many rows of a class; `dml-dist
+# bench losses --memory-sizes 8192` times that case). Both give the same counts, bit for bit.
 SEARCH_ABOVE_POSITIVES = 8
 
 
