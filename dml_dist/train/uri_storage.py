@@ -87,13 +87,22 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
 
 
-def upload_dir(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
-    """Copy the files of ``local`` (recursively, except top-level names in ``skip``) to ``uri``."""
+def upload_dir(local: Path, uri: str, skip: tuple[str, ...] = (), unchanged: dict[str, Any] | None = None) -> None:
+    """Copy the files of ``local`` (recursively, except top-level names in ``skip``) to ``uri``.
+
+    ``unchanged``, when given, maps a relative path to the (size, mtime) it had when last copied;
+    files still matching are skipped and the map is updated.
+    """
     fs, root = filesystem(uri)
     for path in sorted(local.rglob("*")):
         relative = path.relative_to(local)
         if not path.is_file() or relative.parts[0] in skip or path.name.endswith(".tmp"):
             continue
+        stat = path.stat()
+        if unchanged is not None:
+            if unchanged.get(relative.as_posix()) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            unchanged[relative.as_posix()] = (stat.st_size, stat.st_mtime_ns)
         target = f"{root}/{relative.as_posix()}"
         fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         with path.open("rb") as source, fs.open_output_stream(target) as sink:
@@ -102,9 +111,14 @@ def upload_dir(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
 
 def download_dir(uri: str, local: Path, skip: tuple[str, ...] = ()) -> Path:
     """Copy everything under ``uri`` (except top-level names in ``skip``) into ``local``."""
+    fs, root = filesystem(uri)
+    return _copy_down(fs, root, local, skip)
+
+
+def _copy_down(fs: Any, root: str, local: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Copy the files under ``root`` on ``fs`` (except top-level names in ``skip``) into ``local``."""
     import pyarrow.fs as pafs
 
-    fs, root = filesystem(uri)
     local.mkdir(parents=True, exist_ok=True)
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
         relative = info.path[len(root) :].lstrip("/")
@@ -136,16 +150,18 @@ class RunMirror:
         if fresh:
             shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True, exist_ok=True)
+        self.pushed: dict[str, Any] = {}  # relative path -> (size, mtime) when last uploaded
 
     def pull(self) -> None:
         """Replace the local copy by the run's files (not its checkpoints): a resumed run continues its logs."""
         shutil.rmtree(self.local, ignore_errors=True)
         download_dir(self.uri, self.local, skip=(CHECKPOINTS,))
+        self.pushed = {}
 
     def push(self, names: list[str] | None = None) -> None:
-        """Upload the run's files (``names`` only, when given) to ``uri``."""
+        """Upload the run's files that changed since the last push (``names`` only, when given)."""
         if names is None:
-            upload_dir(self.local, self.uri, skip=(CHECKPOINTS,))
+            upload_dir(self.local, self.uri, skip=(CHECKPOINTS,), unchanged=self.pushed)
             return
         for name in names:
             write_bytes(join(self.uri, name), (self.local / name).read_bytes())
@@ -205,15 +221,5 @@ def fetch_latest_good(fs: Any, parent_path: str) -> tuple[Path, GoodCheckpoint] 
 
 def _fetch_tree(fs: Any, root: str, target: Path) -> Path:
     """Copy the files under ``root`` on ``fs`` into a fresh ``target``."""
-    import pyarrow.fs as pafs
-
     shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        dest = target / info.path[len(root) :].lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as source, dest.open("wb") as sink:
-            shutil.copyfileobj(source, sink, length=1 << 20)
-    return target
+    return _copy_down(fs, root, target)
