@@ -93,11 +93,13 @@ class Trainer:
     def __init__(self, plan: WorkerPlan):
         self.config = config = plan.config
         self.plan = plan
-        # A URI run directory: rank 0 writes into a node-local mirror that report() uploads.
-        self.mirror = uri_storage.RunMirror(plan.run_dir, fresh=True) if uri_storage.is_uri(plan.run_dir) else None
-        self.run_dir = self.mirror.local if self.mirror is not None else Path(plan.run_dir)
         self.rank = collectives.rank()
         self.world_size = collectives.world_size()
+        # A URI run directory: rank 0 (the only rank writing run files) writes into a node-local
+        # mirror that report() uploads; the other ranks never write there.
+        remote = uri_storage.is_uri(plan.run_dir)
+        self.mirror = uri_storage.RunMirror(plan.run_dir, fresh=True) if remote and self.rank == 0 else None
+        self.run_dir = self.mirror.local if self.mirror is not None else Path(plan.run_dir)
         use_gpu = config.train.use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
         self.dtype = engine_dtype(config.engine, use_gpu)

@@ -48,14 +48,15 @@ def resume(
 ) -> Resumed:
     """Restore the checkpoint Ray Train hands back, if any (see the module docstring).
 
-    ``run_dir`` is where this worker writes the run's files (``mirror.local`` on a URI storage).
+    ``run_dir`` is where rank 0 writes the run's files (``mirror.local`` on a URI storage; the
+    other ranks have no mirror and write no run file).
     """
     import ray.train
 
     reported = ray.train.get_checkpoint()
     # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
     # sealed checkpoint here is this run's, also one whose report a failure cut short.
-    checkpoints, good = _latest_good(reported, run_dir, plan.run_dir if mirror is not None else None)
+    checkpoints, good = _latest_good(reported, run_dir, plan.run_dir if uri_storage.is_uri(plan.run_dir) else None)
     if good is None:
         if plan.resume or reported is not None:
             raise RuntimeError(f"no intact checkpoint to resume from in {checkpoints}")
