@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 
-def steady_step_seconds(metrics_jsonl: Path, after_step: int) -> list[float]:
-    """``step_seconds`` of the logged steps after ``after_step``."""
+def steady_rows(metrics_jsonl: Path, after_step: int) -> list[dict[str, Any]]:
+    """The ``metrics.jsonl`` rows of the steps after ``after_step``."""
     rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
-    return [float(r["step_seconds"]) for r in rows if r["step"] > after_step]
+    return [r for r in rows if r["step"] > after_step]
 
 
 def run_mining_step_bench(config_name: str, steps: int, rounds: int, ramp: int, overrides: list[str]) -> dict[str, Any]:
@@ -48,6 +48,7 @@ def run_mining_step_bench(config_name: str, steps: int, rounds: int, ramp: int, 
         *overrides,
     ]
     seconds: dict[str, list[float]] = {"off": [], "on": []}
+    mined_on: list[bool] = []
     medians: dict[str, list[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="dml-bench-mining-step-") as scratch:
         for round_index in range(rounds):
@@ -55,15 +56,18 @@ def run_mining_step_bench(config_name: str, steps: int, rounds: int, ramp: int, 
                 config = load_config(config_name, [*common, f"mining.enabled={side == 'on'}"])
                 run_dir = Path(scratch) / f"{side}-{round_index}"
                 run_training(config, run_dir)
-                steady = steady_step_seconds(run_dir / "metrics.jsonl", after_step=2 * ramp)
+                rows = steady_rows(run_dir / "metrics.jsonl", after_step=2 * ramp)
+                steady = [float(r["step_seconds"]) for r in rows]
                 seconds[side] += steady
+                if side == "on":
+                    mined_on += [bool(r["mined"]) for r in rows]
                 medians[side].append(statistics.median(steady))
                 print(f"round {round_index + 1}/{rounds} mining {side}: median step {medians[side][-1]:.4f} s")
     ratio = statistics.median(seconds["on"]) / statistics.median(seconds["off"])
     per_round = ", ".join(f"{on / off:.3f}" for on, off in zip(medians["on"], medians["off"], strict=True))
     print(
         f"step time, mining on / off: {ratio:.3f} (median of {len(seconds['on'])} and {len(seconds['off'])} "
-        f"steady steps; per round: {per_round})"
+        f"steady steps; per round: {per_round}; {sum(mined_on)} of {len(mined_on)} steady steps mined)"
     )
     return {
         "suite": "mining-step",
@@ -73,4 +77,5 @@ def run_mining_step_bench(config_name: str, steps: int, rounds: int, ramp: int, 
         "median_step_seconds": {side: statistics.median(values) for side, values in seconds.items()},
         "per_round_medians": medians,
         "ratio_on_over_off": ratio,
+        "mined_share_of_steady_steps_on": sum(mined_on) / max(len(mined_on), 1),
     }
