@@ -197,6 +197,14 @@ def _train(cluster: Cluster, cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _rank_on_node2(placement: list[dict]) -> int:
+    """The rank whose worker runs on node 2: its process sees node 2's mount namespace, not ours."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    on_node2 = [p["rank"] for p in placement if os.readlink(f"/proc/{p['pid']}/ns/mnt") != ours]
+    assert len(on_node2) == 1, placement
+    return int(on_node2[0])
+
+
 def _wait_until(done: Callable[[], bool], what: str, proc: subprocess.Popen, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not done():
@@ -260,7 +268,8 @@ def killed_run(cluster: Cluster, head_prometheus: str | None, tmp_path_factory: 
         placement = json.loads((run_dir / "placement.json").read_text())
         _wait_for(run_dir / "checkpoints" / "step-000010" / "complete.json", proc, 300)
         _wait_for_step(run_dir, 14, proc, 300)  # step 10's report is registered: 12 and 14 were reported after it
-        os.kill(placement[1]["pid"], signal.SIGKILL)
+        killed_rank = _rank_on_node2(placement)
+        os.kill(placement[killed_rank]["pid"], signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -270,6 +279,7 @@ def killed_run(cluster: Cluster, head_prometheus: str | None, tmp_path_factory: 
         "placement": placement,
         "out": out,
         "code": proc.returncode,
+        "killed_rank": killed_rank,
         "window": (started, time.time()),
         "prometheus": head_prometheus,
     }
@@ -288,12 +298,13 @@ def killed_uri_run(cluster: Cluster, s3_server: S3, tmp_path_factory: pytest.Tem
         _wait_until(done, "the step-10 checkpoint", proc, 300)
         at_14 = lambda: _last_step(s3_server.read(*run, "metrics.jsonl").decode()) >= 14  # noqa: E731
         _wait_until(at_14, "step 14", proc, 300)
-        os.kill(placement[1]["pid"], signal.SIGKILL)
+        killed_rank = _rank_on_node2(placement)
+        os.kill(placement[killed_rank]["pid"], signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-    return {"placement": placement, "out": out, "code": proc.returncode}
+    return {"placement": placement, "out": out, "code": proc.returncode, "killed_rank": killed_rank}
 
 
 def test_auth_is_on_and_the_cluster_has_two_nodes(cluster: Cluster) -> None:
@@ -308,7 +319,8 @@ def test_two_node_run_resumes_after_its_node2_worker_is_killed(killed_run: dict)
     first = killed_run["placement"]
     assert [p["rank"] for p in first] == [0, 1] and first[0]["node_id"] != first[1]["node_id"], first
     after = json.loads((run_dir / "placement.json").read_text())
-    assert after[0]["node_id"] != after[1]["node_id"] and after[1]["pid"] != first[1]["pid"], (first, after)
+    killed = killed_run["killed_rank"]
+    assert after[0]["node_id"] != after[1]["node_id"] and after[killed]["pid"] != first[killed]["pid"], (first, after)
     resumed = [json.loads(line)["resumed_from"] for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
     assert len(resumed) == 1 and resumed[0] >= 10, resumed
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -327,7 +339,8 @@ def test_a_uri_storage_run_resumes_from_its_checkpoint_in_the_bucket(killed_uri_
     assert killed_uri_run["code"] == 0, out[-4000:]
     first = killed_uri_run["placement"]
     after = json.loads(s3_server.read(*run, "placement.json"))
-    assert first[0]["node_id"] != first[1]["node_id"] and after[1]["pid"] != first[1]["pid"], (first, after)
+    killed = killed_uri_run["killed_rank"]
+    assert first[0]["node_id"] != first[1]["node_id"] and after[killed]["pid"] != first[killed]["pid"], (first, after)
     resumed = [json.loads(line)["resumed_from"] for line in s3_server.read(*run, "resumes.jsonl").splitlines()]
     assert len(resumed) == 1 and resumed[0] >= 10, resumed
     rows = [json.loads(line) for line in s3_server.read(*run, "metrics.jsonl").splitlines()]
