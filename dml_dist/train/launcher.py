@@ -181,7 +181,7 @@ def run_training(
 def _check_resume(checkpoints: Path | str, resume: bool) -> None:
     """Refuse a fresh run over existing checkpoints, and a resume without any (local or URI run)."""
     if isinstance(checkpoints, str):
-        tags = [t for t in uri_storage.list_dirs(uri_storage.join(checkpoints, run_files.CHECKPOINTS))]
+        tags = uri_storage.list_dirs(uri_storage.join(checkpoints, run_files.CHECKPOINTS))
         found, where = any(t.startswith(checkpoint.PREFIX) for t in tags), checkpoints
     else:
         found, where = checkpoint.has_checkpoints(checkpoints), str(checkpoints.parent)

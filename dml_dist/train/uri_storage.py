@@ -28,12 +28,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dml_dist.data.shard_layout import MANIFEST  # a shard directory is complete once it holds this
 from dml_dist.train.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from dml_dist.train.checkpoint import PREFIX, GoodCheckpoint, verify
+from dml_dist.train.run_files import CHECKPOINTS
 
 SCRATCH = "dml-dist"
-MANIFEST = "manifest.json"  # data/shard_layout.py: a shard directory is complete once it holds this
-CHECKPOINTS = "checkpoints"
 
 
 def is_uri(value: str | os.PathLike[str] | None) -> bool:
