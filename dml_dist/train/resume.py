@@ -37,6 +37,19 @@ class Resumed:
     """Rank 0: ``eval.json``'s history up to ``step``."""
 
 
+def _reported_checkpoint() -> Any:
+    """The checkpoint Ray Train hands this worker; None outside ``trainer.fit`` (the in-process
+    study harness, ``bench/mining_study.py``, runs the loop without a Ray Train session)."""
+    import ray.train
+
+    try:
+        return ray.train.get_checkpoint()
+    except RuntimeError as error:
+        if "outside of a Ray Train training function" not in str(error):
+            raise
+        return None
+
+
 def resume(
     engine: Any,
     memory: Memory,
@@ -51,9 +64,7 @@ def resume(
     ``run_dir`` is where rank 0 writes the run's files (``mirror.local`` on a URI storage; the
     other ranks have no mirror and write no run file).
     """
-    import ray.train
-
-    reported = ray.train.get_checkpoint()
+    reported = _reported_checkpoint()
     # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
     # sealed checkpoint here is this run's, also one whose report a failure cut short.
     checkpoints, good = _latest_good(reported, run_dir, plan.run_dir if uri_storage.is_uri(plan.run_dir) else None)

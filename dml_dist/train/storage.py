@@ -162,9 +162,14 @@ def _probe_on_node(paths: list[SharedPath], tokens: dict[str, str], node_id: str
 
 
 def node_info() -> dict[str, Any]:
-    """Where this worker runs: Ray node id, host name and process id (printed and reported)."""
+    """Where this worker runs: Ray node id, host name and process id (printed and reported).
+
+    Outside Ray (the in-process study harness) the node id is ``"local"``: asking Ray would start
+    or join a cluster, which a one-process run must not do.
+    """
     import socket
 
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid()}
