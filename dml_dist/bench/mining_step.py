@@ -15,54 +15,23 @@ one side. Target: at most 1.03.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import tempfile
-from pathlib import Path
 from typing import Any
 
-
-def steady_rows(metrics_jsonl: Path, after_step: int) -> list[dict[str, Any]]:
-    """The ``metrics.jsonl`` rows of the steps after ``after_step``."""
-    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] > after_step]
+from dml_dist.bench.alternating import alternate_runs
 
 
 def run_mining_step_bench(config_name: str, steps: int, rounds: int, ramp: int, overrides: list[str]) -> dict[str, Any]:
-    from dml_dist.config.loader import load_config
-    from dml_dist.observability.logging import local_ray_env
-    from dml_dist.train.launcher import run_training
-
     if steps <= 2 * ramp + 10:
         raise ValueError(f"--steps: {steps} leaves fewer than 10 steady steps after 2 x --ramp ({ramp})")
-    for key, value in local_ray_env().items():
-        os.environ.setdefault(key, value)
-    common = [
-        f"train.steps={steps}",
-        "train.log_every=1",
-        "train.eval_every=0",
-        "train.checkpoint_every=0",
-        f"mining.warmup_steps={ramp}",
-        f"mining.ramp_steps={ramp}",
-        *overrides,
-    ]
-    seconds: dict[str, list[float]] = {"off": [], "on": []}
-    mined_on: list[bool] = []
-    medians: dict[str, list[float]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory(prefix="dml-bench-mining-step-") as scratch:
-        for round_index in range(rounds):
-            for side in ("off", "on"):
-                config = load_config(config_name, [*common, f"mining.enabled={side == 'on'}"])
-                run_dir = Path(scratch) / f"{side}-{round_index}"
-                run_training(config, run_dir)
-                rows = steady_rows(run_dir / "metrics.jsonl", after_step=2 * ramp)
-                steady = [float(r["step_seconds"]) for r in rows]
-                seconds[side] += steady
-                if side == "on":
-                    mined_on += [bool(r["mined"]) for r in rows]
-                medians[side].append(statistics.median(steady))
-                print(f"round {round_index + 1}/{rounds} mining {side}: median step {medians[side][-1]:.4f} s")
+    common = [f"train.steps={steps}", f"mining.warmup_steps={ramp}", f"mining.ramp_steps={ramp}", *overrides]
+    sides = {"off": ["mining.enabled=false"], "on": ["mining.enabled=true"]}
+    runs = alternate_runs(config_name, sides, common, rounds, after_step=2 * ramp)
+    seconds = {side: [float(r["step_seconds"]) for rows in runs[side] for r in rows] for side in sides}
+    medians = {
+        side: [statistics.median(float(r["step_seconds"]) for r in rows) for rows in runs[side]] for side in sides
+    }
+    mined_on = [bool(r["mined"]) for rows in runs["on"] for r in rows]
     ratio = statistics.median(seconds["on"]) / statistics.median(seconds["off"])
     per_round = ", ".join(f"{on / off:.3f}" for on, off in zip(medians["on"], medians["off"], strict=True))
     print(

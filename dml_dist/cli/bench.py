@@ -40,6 +40,16 @@ def register(commands: Commands) -> None:
     step.add_argument("--ramp", type=int, default=20, help="mining warm-up and ramp steps (steady state after 2x)")
     step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     step.set_defaults(run=run_mining_step)
+    memory = _suite(suites, "memory-step", "samples/s of a small batch + cross-batch memory over a large batch")
+    memory.add_argument("--config", default="quickstart", help="the config both sides train")
+    memory.add_argument("--steps", type=int, default=60, help="steps of every run")
+    memory.add_argument("--rounds", type=int, default=2, help="batch/memory pairs, alternated")
+    memory.add_argument("--small-n", type=int, default=64, help="classes per batch of the memory side")
+    memory.add_argument("--memory-size", type=int, default=4096, help="memory rows M of the memory side")
+    memory.add_argument("--large-n", type=int, default=1000, help="classes per batch of the side without memory")
+    memory.add_argument("--loss", default="multi_similarity", help="the loss of both sides (one that takes memory)")
+    memory.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    memory.set_defaults(run=run_memory_step)
 
     data = _suite(suites, "data", "loader samples/s against plain decoding of the same images")
     data.add_argument("--images", help="image folder or .zip (default: the Omniglot zip if given, else procedural)")
@@ -111,6 +121,14 @@ def run_mining(args: argparse.Namespace) -> dict[str, Any]:
     from dml_dist.bench.mining import run_mining_bench
 
     return run_mining_bench(num_classes=args.classes)
+
+
+def run_memory_step(args: argparse.Namespace) -> dict[str, Any]:
+    from dml_dist.bench.memory_step import run_memory_step_bench
+
+    return run_memory_step_bench(
+        args.config, args.steps, args.rounds, args.small_n, args.memory_size, args.large_n, args.set, args.loss
+    )
 
 
 def run_mining_step(args: argparse.Namespace) -> dict[str, Any]:
