@@ -79,6 +79,9 @@ def register(commands: Commands) -> None:
     peers.add_argument("--quick", action="store_true", help="the tiny scale (a few steps, N = 16), not the full one")
     peers.add_argument("--steps", type=int, help="steps of every run (default: the config's)")
     peers.add_argument("--n", type=int, help="N classes per batch (batch.num_classes)")
+    peers.add_argument(
+        "--peer-steps", help="comma-separated step budgets of the PML rows, a row each (default: --steps)"
+    )
     peers.add_argument("--seeds", default="0", help="comma-separated seeds (mean and spread over them)")
     peers.add_argument("--peer-lr", type=float, default=1e-3, help="Adam learning rate of the PML rows")
     peers.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -173,4 +176,5 @@ def run_peers(args: argparse.Namespace) -> dict[str, Any]:
         runs=Path(args.runs) if args.runs else None,
         backbones=tuple(args.backbones.split(",")),
         omniglot=args.omniglot,
+        peer_steps=_ints(args.peer_steps) if args.peer_steps else None,
     )

@@ -1,6 +1,7 @@
 """``dml-dist bench peers --quick`` end to end: PML losses in a plain loop on both backbones, the
 same loss in the plain loop, and ``dml-dist train`` through the command line, on the same batches;
-one table with finite Recall@1 and samples/s for every row and the overhead ratio."""
+one table with finite Recall@1 and samples/s for every row and the overhead ratio; the PML rows
+at two step budgets (``--peer-steps``) from one run each."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ def test_quick_peer_bench_prints_every_row_with_finite_figures(
 ) -> None:
     report_path = tmp_path / "peers.json"
     args = ["bench", "peers", "--quick", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data", "procedural"]
-    args += ["--steps", "3", "--json", str(report_path), "--runs", str(tmp_path / "runs")]
+    args += ["--steps", "3", "--peer-steps", "2,3", "--json", str(report_path), "--runs", str(tmp_path / "runs")]
     args += set_args({**small_data_settings(small_data), "mining.enabled": False, "train.workers": 2})
     assert main(args) == 0
     report = json.loads(report_path.read_text())
     names = [(row["name"], row["backbone"]) for row in report["rows"]]
-    assert len(names) == 8 and len(set(names)) == 8
-    assert sum("PML" in name for name, _ in names) == 6
-    assert sum(backbone.startswith("Conv-4") for _, backbone in names) == 3
+    assert len(names) == 14 and len(set(names)) == 14  # 3 PML losses x 2 backbones x 2 budgets, + 2
+    assert sum("PML" in name for name, _ in names) == 12
+    assert sum(backbone.startswith("Conv-4") for _, backbone in names) == 6
+    assert sum(name.endswith("@ 2 steps") for name, _ in names) == 6
     assert names[-2][0].startswith("plain loop, dml-dist npair_mc") and names[-1][0].startswith("dml-dist train")
     for row in report["rows"]:
         assert 0.0 <= row["recall_1"] <= 1.0 and math.isfinite(row["map_at_r"]), row

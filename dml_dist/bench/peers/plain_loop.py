@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,8 +39,13 @@ def train_plain(
     miner: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     threads: int,
+    evaluate_at: dict[int, Callable[[], None]] | None = None,
 ) -> float:
-    """Train ``model`` in a plain loop for ``train.steps`` steps on dml-dist's batches; returns samples/s."""
+    """Train ``model`` in a plain loop for ``train.steps`` steps on dml-dist's batches; returns samples/s.
+
+    ``evaluate_at`` maps a step count to a callback run after that many steps (its time is not
+    counted in samples/s); the loop then runs to the largest such step if that is further.
+    """
     from dml_dist.data.decode_spec import DecodeSpec
     from dml_dist.data.indexed_loader import ClassBatchLoader
     from dml_dist.data.sampler import random_classes
@@ -59,9 +65,10 @@ def train_plain(
     torch.set_num_threads(threads)
     samples: list[int] = []
     seconds: list[float] = []
+    evaluate_at = evaluate_at or {}
     model.train()
     try:
-        for step in range(config.train.steps):
+        for step in range(max([config.train.steps, *evaluate_at])):
             started = time.perf_counter()
             images, labels = loader.load(step, random_classes(seed, step, loader.num_classes, n))
             emb_BD = model(images)
@@ -73,6 +80,10 @@ def train_plain(
             samples.append(int(images.shape[0]))
             if not math.isfinite(float(loss.detach())):
                 raise ValueError(f"bench peers: the loss is not finite at step {step + 1}")
+            if step + 1 in evaluate_at:
+                model.eval()
+                evaluate_at[step + 1]()
+                model.train()
     finally:
         torch.set_num_threads(previous_threads)
         loader.close()
@@ -88,15 +99,30 @@ def evaluate(model: nn.Module, config: ExperimentConfig, eval_shards: Path) -> R
 
 
 def run_peer_row(
-    config: ExperimentConfig, paths: tuple[Path, Path], loss: PeerLoss, backbone: str, lr: float, threads: int
-) -> RowResult:
-    """A PML loss (and miner) on ``backbone`` with Adam at ``lr``."""
+    config: ExperimentConfig,
+    paths: tuple[Path, Path],
+    loss: PeerLoss,
+    backbone: str,
+    lr: float,
+    threads: int,
+    budgets: list[int],
+) -> dict[int, RowResult]:
+    """A PML loss (and miner) on ``backbone`` with Adam at ``lr``, trained once to the largest
+    budget and evaluated after each budget's steps: {budget: result} (one samples/s for all)."""
     torch.manual_seed(config.train.seed)
     model = build_backbone(config, backbone)
     loss_fn, miner = loss.build()
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=lr)
-    rate = train_plain(config, paths[0], model, loss_fn, miner, optimizer, threads)
-    return RowResult(rate, evaluate(model, config, paths[1]))
+    reports: dict[int, RetrievalReport] = {}
+
+    def evaluate_after(budget: int) -> Callable[[], None]:
+        return lambda: reports.__setitem__(budget, evaluate(model, config, paths[1]))
+
+    peer = replace(config, train=replace(config.train, steps=max(budgets)))
+    rate = train_plain(
+        peer, paths[0], model, loss_fn, miner, optimizer, threads, {b: evaluate_after(b) for b in budgets}
+    )
+    return {budget: RowResult(rate, reports[budget]) for budget in budgets}
 
 
 def run_plain_dml_loss_row(config: ExperimentConfig, paths: tuple[Path, Path], threads: int) -> RowResult:

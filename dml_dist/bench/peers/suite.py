@@ -91,10 +91,13 @@ def run_peers_bench(
     runs: Path | None = None,
     backbones: tuple[str, ...] = BACKBONE_NAMES,
     omniglot: str | Path | None = None,
+    peer_steps: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train every row (per seed), print the table, return the figures. ``backbones``: the PML
     rows' backbones (``config``, ``conv4_bn``), for a config whose backbone already is a Conv-4;
-    ``omniglot``: the Omniglot zip (else ``$DML_DIST_OMNIGLOT``)."""
+    ``omniglot``: the Omniglot zip (else ``$DML_DIST_OMNIGLOT``); ``peer_steps``: the PML rows'
+    step budgets (default: the config's steps), each a row, from one run per loss and backbone
+    evaluated after each budget, so a peer may train longer than dml-dist."""
     unknown = sorted(set(backbones) - set(BACKBONE_NAMES))
     if unknown:
         raise ValueError(f"--backbones: unknown backbone {unknown[0]!r}; valid: {', '.join(BACKBONE_NAMES)}")
@@ -123,10 +126,13 @@ def run_peers_bench(
         ]
         config = load_config(config_path, dml_overrides)
         threads = config.train.workers
+        budgets = sorted(set(peer_steps or [config.train.steps]))
         for backbone in backbones:
             for loss in PEER_LOSSES:
-                name = f"{loss.name} | {describe_backbone(config, backbone)}"
-                _record(per_seed, name, run_peer_row(config, paths, loss, backbone, peer_lr, threads))
+                results = run_peer_row(config, paths, loss, backbone, peer_lr, threads, budgets)
+                for budget, result in results.items():
+                    at = f" @ {budget} steps" if budgets != [config.train.steps] else ""
+                    _record(per_seed, f"{loss.name}{at} | {describe_backbone(config, backbone)}", result)
         name = f"plain loop, dml-dist {config.loss.name} | {describe_backbone(config, 'config')}"
         _record(per_seed, name, run_plain_dml_loss_row(config, paths, threads))
         name = f"dml-dist train, {threads} workers, {config.loss.name} | {describe_backbone(config, 'config')}"
@@ -141,6 +147,7 @@ def run_peers_bench(
         "seeds": seeds,
         "workers": base.train.workers,
         "peer_lr": peer_lr,
+        "peer_steps": peer_steps or [base.train.steps],
         "rows": rows,
         "overhead_ratio": system["samples_per_second"] / plain["samples_per_second"],
     }
