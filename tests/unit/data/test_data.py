@@ -399,7 +399,7 @@ def test_shards_command_splits_a_folder_and_train_finds_both(tmp_path: Path, cap
 
 def test_data_config_is_validated() -> None:
     with pytest.raises(ValueError, match="set mining.enabled: false"):
-        load_config(None, ["data.mode=streaming"])
+        load_config(None, ["data.mode=streaming", "mining.enabled=true"])
     with pytest.raises(ValueError, match="model.in_channels"):
         load_config(None, ["data.channels=3"])
     with pytest.raises(ValueError, match="data.augment"):
