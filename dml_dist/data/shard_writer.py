@@ -4,7 +4,9 @@ Writing is resumable and atomic. Everything is built in ``<directory>.partial``;
 written as ``shard-N.tar.tmp`` and renamed when closed (``dml_dist.atomic.atomic_path``), so a
 killed run leaves only whole shards (and a ``.partial`` directory no reader accepts). A re-run
 with the same input (same fingerprint) skips a complete directory entirely, or keeps the
-finished shards of a ``.partial`` one and writes only the rest.
+finished shards of a ``.partial`` one and writes only the rest. Writers of one directory take
+turns (``flock`` on ``<directory>.lock``, left beside it): the second finds the directory
+complete and writes nothing.
 
 Bad input files are caught at conversion, not in training: with a ``check`` (``dml-dist shards``
 decodes every image in full, ``data/images.py: image_problem``) a sample whose bytes fail is
@@ -16,13 +18,15 @@ still lists them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +122,38 @@ def write_shards(
     fingerprint = fingerprint_of(samples, samples_per_shard, source)
     if is_complete(final) and read_manifest(final).get("fingerprint") == fingerprint:
         return final, False
+    with _writer_lock(final):
+        # Another process (a concurrent trial or worker) may have written it while we waited.
+        if is_complete(final) and read_manifest(final).get("fingerprint") == fingerprint:
+            return final, False
+        _write_locked(samples, final, fingerprint, samples_per_shard, source, progress, class_names, check, on_bad)
+    return final, True
+
+
+@contextlib.contextmanager
+def _writer_lock(final: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<directory>.lock``: one writer of a directory at a time, across
+    processes (``dml-dist tune`` starts trials at once, each resolving the same data)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.with_name(final.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_locked(
+    samples: list[Sample],
+    final: Path,
+    fingerprint: str,
+    samples_per_shard: int,
+    source: dict[str, Any],
+    progress: Callable[[int], None] | None,
+    class_names: dict[int, str] | None,
+    check: Callable[[bytes], str | None] | None,
+    on_bad: Callable[[Sample, str], None] | None,
+) -> None:
     partial = final.with_name(final.name + ".partial")
     if not (partial / FINGERPRINT).is_file() or (partial / FINGERPRINT).read_text() != fingerprint:
         shutil.rmtree(partial, ignore_errors=True)
@@ -155,7 +191,6 @@ def write_shards(
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
-    return final, True
 
 
 def _write_tar(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
+import multiprocessing
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +122,26 @@ def test_interrupted_write_leaves_nothing_readable_and_resumes(tmp_path: Path) -
     assert (final / "shard-000000.tar").stat().st_mtime_ns == kept
     assert IndexedShards(final).class_sizes() == [3, 3, 3, 3]
     assert not partial.exists()
+
+
+def _slow_png(seed: int) -> bytes:
+    time.sleep(0.02)  # long enough that the writers below overlap
+    return png_bytes(seed)
+
+
+def _write_slowly(out: Path) -> bool:
+    samples = [Sample(i // 3, f"k{i}", functools.partial(_slow_png, i)) for i in range(12)]
+    return write_shards(samples, out, 3, {"format": "test"})[1]
+
+
+def test_concurrent_writers_of_one_directory_take_turns(tmp_path: Path) -> None:
+    # dml-dist tune starts its trials at once, and each resolves the same (procedural) data.
+    out = tmp_path / "out"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        written = pool.map(_write_slowly, [out] * 3)
+    assert sorted(written) == [False, False, True]  # one wrote it, the others found it complete
+    assert is_complete(out) and IndexedShards(out).class_sizes() == [3, 3, 3, 3]
+    assert not (tmp_path / "out.partial").exists()
 
 
 def test_missing_shards_are_errors_at_start(shard_dir: Path) -> None:
