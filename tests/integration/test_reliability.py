@@ -68,6 +68,43 @@ def test_resume_draws_the_same_batches_and_losses(resumed_pair: tuple[Path, Path
     assert b[6]["memory_age_max_steps"] == a[6]["memory_age_max_steps"]
 
 
+@pytest.fixture(scope="module")
+def mined_resumed_pair(
+    small_data: DataConfig, ray_session, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """As ``resumed_pair`` with the mining service on (issue 14): mined batches from step 4, so
+    the resumed half's classes come from the service state restored from the step-6 checkpoint."""
+    root = tmp_path_factory.mktemp("resume-mined")
+    common = {
+        "mining.enabled": True,
+        "mining.rule": "seed_neighbours",
+        "mining.warmup_coverage": 0,
+        "mining.warmup_steps": 2,
+        "mining.ramp_steps": 2,
+        "mining.timeout_s": 60,  # a late answer falls back to random classes; a loaded CI machine must not
+        "train.checkpoint_every": 6,
+    }
+    whole, halves = root / "whole", root / "halves"
+    assert main(_train_args(small_data, whole, 12, **common)) == 0
+    assert main(_train_args(small_data, halves, 6, **common)) == 0
+    assert main([*_train_args(small_data, halves, 12, **common), "--resume"]) == 0
+    return whole, halves
+
+
+def test_resume_with_mining_draws_the_same_batches_and_losses(mined_resumed_pair: tuple[Path, Path]) -> None:
+    whole, halves = mined_resumed_pair
+    a, b = _rows(whole), _rows(halves)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    assert all(r["mined"] for r in a[3:])
+    # ``fallbacks`` counts the service's random warm-up answers too (per process, so it restarts
+    # at 0 on resume); once mining is on it must not grow: no answer was late.
+    assert len({r["fallbacks"] for r in a[3:]}) == 1 and len({r["fallbacks"] for r in b[6:]}) == 1
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_b["mined"] == row_a["mined"], row_a["step"]
+        assert row_b["loss"] == pytest.approx(row_a["loss"], rel=1e-5, abs=1e-6), row_a["step"]
+    assert [json.loads(line)["resumed_from"] for line in (halves / "resumes.jsonl").read_text().splitlines()] == [6]
+
+
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous(
     resumed_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
