@@ -43,4 +43,5 @@ def alternate_runs(
                 run_dir = Path(scratch) / f"{side}-{round_index}"
                 run_training(config, run_dir)
                 rows[side].append(steady_rows(run_dir / "metrics.jsonl", after_step))
+                print(f"round {round_index + 1}/{rounds} {side}: {len(rows[side][-1])} steady steps", flush=True)
     return rows
