@@ -38,6 +38,15 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _whole_and_resumed(small_data: DataConfig, root: Path, common: dict[str, object]) -> tuple[Path, Path]:
+    """A 12-step run, and the same run stopped at step 6 and resumed to 12."""
+    whole, halves = root / "whole", root / "halves"
+    assert main(_train_args(small_data, whole, 12, **common)) == 0
+    assert main(_train_args(small_data, halves, 6, **common)) == 0
+    assert main([*_train_args(small_data, halves, 12, **common), "--resume"]) == 0
+    return whole, halves
+
+
 @pytest.fixture(scope="module")
 def resumed_pair(small_data: DataConfig, ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(uninterrupted 12-step run, the same run stopped at step 6 and resumed to 12), with a
@@ -50,11 +59,7 @@ def resumed_pair(small_data: DataConfig, ray_session, tmp_path_factory: pytest.T
         "memory.size": 512,
         "memory.start_step": 2,
     }
-    whole, halves = root / "whole", root / "halves"
-    assert main(_train_args(small_data, whole, 12, **common)) == 0
-    assert main(_train_args(small_data, halves, 6, **common)) == 0
-    assert main([*_train_args(small_data, halves, 12, **common), "--resume"]) == 0
-    return whole, halves
+    return _whole_and_resumed(small_data, root, common)
 
 
 def test_resume_draws_the_same_batches_and_losses(resumed_pair: tuple[Path, Path]) -> None:
@@ -84,11 +89,7 @@ def mined_resumed_pair(
         "mining.timeout_s": 60,  # a late answer falls back to random classes; a loaded CI machine must not
         "train.checkpoint_every": 6,
     }
-    whole, halves = root / "whole", root / "halves"
-    assert main(_train_args(small_data, whole, 12, **common)) == 0
-    assert main(_train_args(small_data, halves, 6, **common)) == 0
-    assert main([*_train_args(small_data, halves, 12, **common), "--resume"]) == 0
-    return whole, halves
+    return _whole_and_resumed(small_data, root, common)
 
 
 def test_resume_with_mining_draws_the_same_batches_and_losses(mined_resumed_pair: tuple[Path, Path]) -> None:

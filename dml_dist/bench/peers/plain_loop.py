@@ -43,8 +43,8 @@ def train_plain(
 ) -> float:
     """Train ``model`` in a plain loop for ``train.steps`` steps on dml-dist's batches; returns samples/s.
 
-    ``evaluate_at`` maps a step count to a callback run after that many steps (its time is not
-    counted in samples/s); the loop then runs to the largest such step if that is further.
+    ``evaluate_at`` maps a step count (at most ``train.steps``) to a callback run after that many
+    steps; its time is not counted in samples/s.
     """
     from dml_dist.data.decode_spec import DecodeSpec
     from dml_dist.data.indexed_loader import ClassBatchLoader
@@ -68,7 +68,7 @@ def train_plain(
     evaluate_at = evaluate_at or {}
     model.train()
     try:
-        for step in range(max([config.train.steps, *evaluate_at])):
+        for step in range(config.train.steps):
             started = time.perf_counter()
             images, labels = loader.load(step, random_classes(seed, step, loader.num_classes, n))
             emb_BD = model(images)
