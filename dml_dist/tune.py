@@ -12,8 +12,8 @@ Each trial is a whole ``dml-dist train`` run (Ray Train workers, DeepSpeed, the 
 on the base config (the typed config ``dml-dist tune`` loaded, storage included) with the
 sampled values set as ``--set key=value`` would; every trial's config is validated before the
 search starts on one sample of the space, and again in the trial. Trials report loss and
-held-out Recall@K through ``ray.train.report`` every ``train.log_every`` steps (Recall@K is that
-of the last evaluation, every ``train.eval_every`` steps), which Ray Tune's ``TuneReportCallback``
+held-out Recall@K through ``ray.train.report`` at every evaluation (every ``train.eval_every``
+steps) and checkpoint, which Ray Tune's ``TuneReportCallback``
 passes on; an ASHA scheduler (Li et al. 2020) stops trials whose Recall@1 trails at its rungs
 (measured in steps, from ``--grace-steps`` up to ``train.steps``).
 

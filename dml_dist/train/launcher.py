@@ -42,6 +42,9 @@ def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
         )
 
 
+REPORT_POLL_SECONDS = "0.2"
+
+
 def init_ray(address: str | None, cpus: int) -> None:
     """Join the cluster at ``address`` (else ``RAY_ADDRESS``), or start a local Ray instance with
     room for the workers."""
@@ -49,6 +52,10 @@ def init_ray(address: str | None, cpus: int) -> None:
 
     # Ray Train V2 tees worker prints into its logger, which shows every line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # A ray.train.report returns only when Ray Train's controller next polls the workers, every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each report would cost up to 2 s of
+    # training. The controller reads it from the driver's environment when the trainer is built.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_SECONDS)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

@@ -10,8 +10,10 @@ the stale classes the answer names (``mining/refresh.py``). The step's figures a
 ``StepMetrics`` row, observed by the Prometheus sink every step.
 
 ``run`` drives the steps: at log steps rank 0 logs the row, every ``eval_every`` steps it
-evaluates (``train/evaluation.py``), and at log and checkpoint steps every rank reports to Ray
-Train, with its share of the checkpoint at checkpoint steps (``train/reporting.py``). A worker
+evaluates (``train/evaluation.py``), and at evaluation and checkpoint steps and the last step
+every rank reports to Ray Train, with its share of the checkpoint at checkpoint steps
+(``train/reporting.py``). Log steps do not report: a report waits for Ray Train's controller to
+poll the workers, so it costs a step's worth of time or more; the live figures go to Prometheus. A worker
 starts from the newest intact checkpoint when there is one (``train/resume.py``). The run's
 files are written by rank 0 into the run directory, on the storage every node mounts
 (``train/run_files.py``), or into a node-local mirror of a URI storage that every report uploads
@@ -162,6 +164,7 @@ class Trainer:
             last = done == steps
             should_log = _due(done, train.log_every) or last
             should_checkpoint = _due(done, train.checkpoint_every) or last
+            should_report = should_checkpoint or _due(done, train.eval_every)
             row = self.train_step(step, should_log)
             self._count_nonfinite(step, row)
             if self.rank == 0 and should_log:
@@ -171,7 +174,7 @@ class Trainer:
                 self.evaluate(step=done)
             if self.rank == 0 and last:
                 reporting.write_final_files(self.run_dir, self.embedder, config_to_dict(self.config), steps)
-            if should_log or should_checkpoint:
+            if should_report:
                 self.report(done, row, with_checkpoint=should_checkpoint)
 
     def _count_nonfinite(self, step: int, row: StepMetrics) -> None:

@@ -4,9 +4,12 @@
   ``placement.json``.
 - Log steps (every ``train.log_every`` steps and the last; rank 0): the step's ``StepMetrics``
   row goes to ``metrics.jsonl`` and a progress line to the console.
-- Reports: at log and checkpoint steps every rank calls ``ray.train.report`` (a barrier, so all
-  ranks call it at the same steps): the step's figures, the last held-out Recall@K and, at the
-  end, the run's summary reach the Ray dashboard's Train view and the driver's ``Result``. At
+- Reports: at evaluation and checkpoint steps and the last step every rank calls
+  ``ray.train.report`` (a barrier, so all ranks call it at the same steps): the step's figures,
+  the last held-out Recall@K and, at the end, the run's summary reach the Ray dashboard's Train
+  view, Ray Tune's scheduler and the driver's ``Result``. A report returns when Ray Train's
+  controller next polls the workers (``launcher.REPORT_POLL_SECONDS``), so log steps, which may
+  come every step, do not report. At
   checkpoint steps each rank's share of the checkpoint goes with it (``train/checkpoint.py``).
 - Final files (rank 0): ``embedder.pt`` for ``eval``/``embed`` and ``curves.png``.
 """
