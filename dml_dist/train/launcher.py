@@ -52,10 +52,6 @@ def init_ray(address: str | None, cpus: int) -> None:
 
     # Ray Train V2 tees worker prints into its logger, which shows every line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    # A ray.train.report returns only when Ray Train's controller next polls the workers, every
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each report would cost up to 2 s of
-    # training. The controller reads it from the driver's environment when the trainer is built.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_SECONDS)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -141,6 +137,10 @@ def run_training(
         mining_actor=actor,
         resume=resume,
     )
+    # A ray.train.report returns only when Ray Train's controller next polls the workers, every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each report would cost up to 2 s of
+    # training. The controller reads it from the driver's environment when the trainer below is built.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_SECONDS)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=plan.__dict__,

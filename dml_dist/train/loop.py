@@ -13,8 +13,8 @@ the stale classes the answer names (``mining/refresh.py``). The step's figures a
 evaluates (``train/evaluation.py``), and at evaluation and checkpoint steps and the last step
 every rank reports to Ray Train, with its share of the checkpoint at checkpoint steps
 (``train/reporting.py``). Log steps do not report: a report waits for Ray Train's controller to
-poll the workers, so it costs a step's worth of time or more; the live figures go to Prometheus. A worker
-starts from the newest intact checkpoint when there is one (``train/resume.py``). The run's
+poll the workers, so it costs a step's worth of time or more; the live figures go to Prometheus.
+A worker starts from the newest intact checkpoint when there is one (``train/resume.py``). The run's
 files are written by rank 0 into the run directory, on the storage every node mounts
 (``train/run_files.py``), or into a node-local mirror of a URI storage that every report uploads
 (``train/uri_storage.py``); scratch for a checkpoint is a node-local temporary directory.

@@ -9,8 +9,8 @@
   the last held-out Recall@K and, at the end, the run's summary reach the Ray dashboard's Train
   view, Ray Tune's scheduler and the driver's ``Result``. A report returns when Ray Train's
   controller next polls the workers (``launcher.REPORT_POLL_SECONDS``), so log steps, which may
-  come every step, do not report. At
-  checkpoint steps each rank's share of the checkpoint goes with it (``train/checkpoint.py``).
+  come every step, do not report. At checkpoint steps each rank's share of the checkpoint goes
+  with it (``train/checkpoint.py``).
 - Final files (rank 0): ``embedder.pt`` for ``eval``/``embed`` and ``curves.png``.
 """
 
