@@ -10,11 +10,15 @@ export DML_DIST_OMNIGLOT ?= ../shared/data/omniglot/images_background_small1.zip
 
 setup: $(STAMP)
 
-# torch goes in first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+# torch goes in first and pinned, from the registry's standard build (CUDA-capable, runs on CPU):
+# timm needs torchvision, and the registry's torchvision wheels are built against that build, not
+# the CPU-only one (`import torchvision` fails there with `torchvision::nms does not exist`).
+# `--isolated` skips a local pip configuration whose wheel folder would win for torch==2.13.0.
+TORCH_PIP_FLAGS ?= --isolated $(if $(wildcard /etc/ssl/certs/ca-certificates.crt),--cert /etc/ssl/certs/ca-certificates.crt)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH_PIP_FLAGS) torch==2.13.0 torchvision==0.28.0
 	$(BIN)/pip install -q -e ".[cpu,test]"
 	touch $(STAMP)
 
