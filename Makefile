@@ -6,7 +6,16 @@ STAMP := $(VENV)/.installed
 # The Omniglot zip of the tests and bench suites that use real images (--omniglot of `dml-dist bench`).
 export DML_DIST_OMNIGLOT ?= ../shared/data/omniglot/images_background_small1.zip
 
-.PHONY: setup demo test check lint typecheck unit bench clean
+# Debian packages that `dml-dist datasets` reads (docs/datasets.md); `.ci/run` installs them, and
+# tests/integration/test_datasets.py keeps this list equal to the builders' own.
+DATASET_PACKAGES := adwaita-icon-theme breeze-icon-theme elementary-icon-theme elementary-xfce-icon-theme \
+  fonts-crosextra-caladea fonts-crosextra-carlito fonts-dejavu-core fonts-dejavu-extra fonts-freefont-ttf \
+  fonts-gfs-didot fonts-hosny-amiri fonts-liberation2 fonts-lohit-deva fonts-noto-core fonts-paratype \
+  fonts-samyak-deva fonts-sil-abyssinica fonts-sil-andika fonts-sil-charis fonts-sil-ezra fonts-stix \
+  fonts-symbola fonts-tlwg-garuda-ttf fonts-tlwg-loma-ttf fonts-urw-base35 gnome-colors-common librsvg2-bin \
+  lxde-icon-theme numix-icon-theme suru-icon-theme tango-icon-theme
+
+.PHONY: setup demo test check lint typecheck unit bench clean dataset-packages
 
 setup: $(STAMP)
 
@@ -22,9 +31,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[cpu,test]"
 	touch $(STAMP)
 
-# A new run directory each time: a run directory with checkpoints is only continued with --resume.
+# A new run directory each time (the default: runs/quickstart-<YYYYmmdd-HHMMSS>); a run is only
+# continued with --resume --run-dir RUN.
 demo: $(STAMP)
-	$(BIN)/dml-dist train configs/quickstart.yaml --run-dir runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/dml-dist train configs/quickstart.yaml
 
 check: lint typecheck
 
@@ -43,6 +53,10 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/dml-dist bench losses --json runs/bench-losses.json
+
+# The list, for `apt-get install $(make -s dataset-packages)` (fonts and icon themes: 75 MB to download).
+dataset-packages:
+	@echo $(DATASET_PACKAGES)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

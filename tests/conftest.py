@@ -41,13 +41,13 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance shared by every test that needs Ray."""
-    import ray
-
     from dml_dist.observability.logging import local_ray_env
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    for key, value in local_ray_env().items():  # as `dml-dist train` sets up a local instance
+    for key, value in local_ray_env().items():  # as `dml-dist train` sets up a local instance (before `import ray`)
         os.environ.setdefault(key, value)
+    import ray
+
     ray.init(address="local", num_cpus=4, dashboard_host="127.0.0.1", log_to_driver=True)
     yield ray
     ray.shutdown()
@@ -92,6 +92,7 @@ def prometheus_server(ray_session, tmp_path_factory: pytest.TempPathFactory):
     config = storage / "prometheus.yml"
     sd_file = session_dir / "prom_metrics_service_discovery.json"
     config.write_text(shipped.replace("/tmp/ray/prom_metrics_service_discovery.json", str(sd_file)))
+    shutil.copy(REPO / "cluster" / "prometheus" / "alerts.yml", storage)  # rule_files: beside the config
     proc = subprocess.Popen(
         [
             binary,
@@ -125,6 +126,20 @@ def small_data_settings(small_data: DataConfig) -> dict[str, object]:
 
 def set_args(settings: dict[str, object]) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def mining_actor_of(ray, run_dir: Path):  # type: ignore[no-untyped-def]
+    """The alive mining actor of the run in ``run_dir`` (named after the run, ``eval.json``'s
+    ``job``, plus a unique suffix: ``mining/actor.py``)."""
+    from ray.util.state import list_actors
+
+    from dml_dist.mining.actor import mining_actor_name
+
+    prefix = mining_actor_name(json.loads((run_dir / "eval.json").read_text())["job"]) + "-"
+    address = ray.get_runtime_context().gcs_address  # other Ray instances may run here
+    alive = list_actors(address=address, filters=[("state", "=", "ALIVE")])
+    (name,) = [a.name for a in alive if (a.name or "").startswith(prefix)]
+    return ray.get_actor(name)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """``dml-dist bench`` suites: each prints a table and returns figures for ``--json``.
 
 One module (or package) per suite: ``losses``, ``scaling``, ``mining``, ``data``, ``reproduce``,
-``peers``; ``timing`` holds the interleaved timing they share, ``omniglot`` the Omniglot images
+``peers``, ``gpu``; ``timing`` holds the interleaved timing they share, ``omniglot`` the Omniglot images
 that ``data``, ``reproduce`` and ``peers`` can use. The command line of each suite is in
 ``dml_dist/cli/bench.py``.
 """

@@ -1,4 +1,4 @@
-"""The ``dml-dist`` command line: train | eval | embed | shards | config | bench | submit | jobs | tune.
+"""The ``dml-dist`` command line: train | eval | embed | shards | datasets | config | bench | submit | jobs | tune.
 
 Flags override the YAML config (``--steps 100`` is ``--set train.steps=100``); every user error
 is reported as one line naming the field or file, with exit status 2. A config is a YAML file or
@@ -9,7 +9,7 @@ warnings nobody can act on are filtered in every process (``observability/loggin
 turns the progress bars off and the libraries down to ERROR. Progress bars go to stderr.
 
 One module per group of commands, each with its parsers (``register``) and what they run:
-``train`` (train, tune), ``evaluate`` (eval, embed), ``shards``, ``config``, ``bench`` (one
+``train`` (train, tune), ``evaluate`` (eval, embed), ``shards``, ``datasets``, ``config``, ``bench`` (one
 subcommand per suite), ``cluster`` (submit, jobs); ``parser`` puts them together.
 """
 

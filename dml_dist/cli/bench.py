@@ -89,6 +89,10 @@ def register(commands: Commands) -> None:
     peers.add_argument("--runs", help="where the dml-dist run directories go (default runs/bench-peers)")
     peers.set_defaults(run=run_peers)
 
+    gpu = _suite(suites, "gpu", "the worker's GPU path in minutes: NCCL, the step against a plain loop, MFU, faiss")
+    gpu.add_argument("--minutes", type=float, default=4.0, help="the whole check ends within this time")
+    gpu.set_defaults(func=cmd_bench_gpu)
+
 
 def _suite(suites: Commands, name: str, help: str) -> argparse.ArgumentParser:
     parser = suites.add(name, help)
@@ -102,6 +106,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """The GPU check writes its report itself, after every section (``bench/gpu/report.py``);
+    exit status 1 when a check failed."""
+    from dml_dist.bench.gpu.suite import run_gpu_check
+
+    if args.minutes <= 0:
+        raise ValueError(f"--minutes: expected a positive number, got {args.minutes}")
+    return 0 if run_gpu_check(args.json, args.minutes)["ok"] else 1
 
 
 def _ints(text: str) -> list[int]:

@@ -30,6 +30,9 @@ def register(commands: Commands) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dml_dist.train.preflight import check_faiss
+
+    check_faiss()  # retrieval is faiss's: a plain install without it fails here, in one line
     from dml_dist.data.datasets import resolve_data
     from dml_dist.eval.api import load_embedder
     from dml_dist.eval.gallery import write_run_gallery
@@ -60,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from dml_dist.data.shard_layout import is_complete
+    from dml_dist.data.shard_layout import class_caption, is_complete, read_class_names
     from dml_dist.eval.api import load_embedder
     from dml_dist.eval.embed import embed_shards_keyed
 
@@ -75,8 +78,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
             embedder.device,
             channels=embedder.config.data.channels,
             progress=True,
+            interpolation=embedder.config.data.resize_filter,
         )
-        rows = [{"key": k, "label": int(y)} for k, y in zip(keys, labels, strict=True)]
+        names = read_class_names(args.images)  # each row names its class where the shards have names
+        rows = [
+            {"key": k, "label": int(y), "class": class_caption(names, int(y))}
+            for k, y in zip(keys, labels, strict=True)
+        ]
     else:
         emb, files = embedder.embed_folder(args.images, progress=True)
         rows = [str(p) for p in files]

@@ -59,7 +59,7 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dml_dist.cli import bench, cluster, config, evaluate, shards, train
+    from dml_dist.cli import bench, cluster, config, datasets, evaluate, shards, train
 
     parser = argparse.ArgumentParser(
         prog="dml-dist",
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register_train(commands)
     evaluate.register(commands)
     shards.register(commands)
+    datasets.register(commands)
     config.register(commands)
     bench.register(commands)
     cluster.register(commands)

@@ -16,7 +16,10 @@ def register_train(commands: Commands) -> None:
     train = commands.add("train", "train a model on a Ray cluster (local by default)")
     train.add_argument("config", help="experiment YAML, or a shipped config's name (quickstart, omniglot, ...)")
     train.add_argument(
-        "--run-dir", default=None, help="run directory (default STORAGE/runs/<config name>, or runs/<config name>)"
+        "--run-dir",
+        default=None,
+        help="run directory, new or empty unless resuming (default: a new runs/<config name>-<YYYYmmdd-HHMMSS>, "
+        "inside STORAGE when there is one)",
     )
     train.add_argument(
         "--storage",
@@ -29,11 +32,34 @@ def register_train(commands: Commands) -> None:
     train.add_argument("--workers", type=int, help="Ray Train workers (train.workers)")
     train.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     train.add_argument("--seed", type=int, help="seed (train.seed)")
-    train.add_argument("--data", help="training shard directory (data.train_shards)")
-    train.add_argument("--eval-data", help="held-out shard directory (data.eval_shards)")
+    train.add_argument(
+        "--data", help="shards: ROOT (ROOT/train, and ROOT/test unless --eval-data) or a training shard directory"
+    )
+    train.add_argument("--eval-data", help="held-out shard directory (data.eval_shards); default ROOT/test of --data")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_mode,
+        metavar="auto",
+        help="continue the run in --run-dir from its latest checkpoint; --resume auto: resume when it has "
+        "a checkpoint, else start fresh (job retries)",
+    )
+    train.add_argument(
+        "--allow-changes",
+        default="",
+        metavar="FIELD[,FIELD]",
+        help="config fields (or sections) that may differ from the resumed run's config.yaml",
+    )
     train.set_defaults(func=cmd_train)
+
+
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r}")
+    return text
 
 
 def register_tune(commands: Commands) -> None:
@@ -53,9 +79,13 @@ def register_tune(commands: Commands) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dml_dist.train.preflight import check_faiss
+
+    check_faiss()  # before anything else: a plain install without faiss fails here, in one line
     from dml_dist.config.loader import load_config
     from dml_dist.observability.logging import local_ray_env
     from dml_dist.train.launcher import run_training
+    from dml_dist.train.run_directory import default_run_dir
     from dml_dist.train.storage import place_data, resolve_run_dir, resolve_storage
 
     overrides = list(args.set)
@@ -69,16 +99,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
+    if args.data is not None and args.eval_data is None:
+        overrides.append("data.eval_shards=null")  # --data ROOT: ROOT/test, not the config's held-out set
     config = load_config(args.config, overrides)
     storage = resolve_storage(args.storage, config)
     if storage is not None:
         config.train.storage = str(storage)
         place_data(config.data, storage)
+    if args.run_dir is None and args.resume:
+        raise ValueError("--resume: name the run to continue with --run-dir (each run gets a new default directory)")
     run_dir = resolve_run_dir(args.run_dir, Path(args.config).stem, storage)
+    if args.run_dir is None:
+        run_dir = default_run_dir(run_dir)
     if args.address is None and not os.environ.get("RAY_ADDRESS"):
         for key, value in local_ray_env().items():  # this run starts its own one-machine Ray instance
             os.environ.setdefault(key, value)
-    result = run_training(config, run_dir, address=args.address, resume=args.resume)
+    allowed = [field.strip() for field in args.allow_changes.split(",") if field.strip()]
+    result = run_training(config, run_dir, address=args.address, resume=args.resume, allow_changes=allowed)
     print(run_summary(result, run_dir), flush=True)
     return 0
 
@@ -131,6 +168,9 @@ def _figures(result: dict[str, Any]) -> list[str]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from dml_dist.train.preflight import check_faiss
+
+    check_faiss()
     from dml_dist.config.loader import load_config
     from dml_dist.train.storage import place_data, resolve_run_dir, resolve_storage
     from dml_dist.train.uri_storage import is_uri

@@ -53,7 +53,16 @@ class DataConfig:
     samples_per_shard: int = 2000
     """Samples per tar shard when writing shards."""
     image_size: int | None = None
-    """Side of the square images the model sees (decode + resize); null = ``procedural.image_size``."""
+    """Side of the square images the model sees (decode + resize); null = a timm backbone's input
+    size (its timm data config), else ``procedural.image_size``."""
+    mean: list[float] | None = None
+    """Per-channel mean of the input convention (timm backbones: images in [0, 1] become
+    (x - mean) / std as the network's first op); null = the backbone's timm data config."""
+    std: list[float] | None = None
+    """Per-channel standard deviation of the input convention; null = the backbone's timm data config."""
+    interpolation: str | None = None
+    """Resize filter when decoding: ``bilinear`` or ``bicubic``; null = the backbone's timm data
+    config, else bilinear."""
     channels: int = 1
     """1 = grayscale, 3 = RGB (natural images); must equal ``model.in_channels``."""
     augment: str = "none"
@@ -78,11 +87,24 @@ class DataConfig:
         """The image side used for decoding: ``image_size``, or the procedural set's."""
         return self.image_size if self.image_size is not None else self.procedural.image_size
 
+    @property
+    def resize_filter(self) -> str:
+        """The resize filter used for decoding: ``interpolation``, or bilinear."""
+        return self.interpolation or "bilinear"
+
     def validate(self) -> None:
         """The section's own rules and those of ``procedural``; ``ValueError`` naming the field."""
         self.procedural.validate()
         if self.channels not in (1, 3):
             raise ValueError(f"data.channels: expected 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.interpolation not in (None, "bilinear", "bicubic"):
+            raise ValueError(f"data.interpolation: expected bilinear, bicubic or null, got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"data.{name}: expected {self.channels} values (data.channels), got {values}")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"data.std: expected positive values, got {self.std}")
         if self.augment not in ("none", "flip_crop", "affine"):
             raise ValueError(f"data.augment: expected none, flip_crop or affine, got {self.augment!r}")
         if self.mode not in ("indexed", "streaming"):

@@ -32,6 +32,9 @@ from dml_dist.config.sections import LossConfig
 
 _FLOAT_TEXT = r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"
 """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; the loader accepts it as a number."""
+_INTEGER_TEXT = r"^\+?[1-9]\d*[eE]\+?\d+$"
+"""An integer written as ``1e3`` (a string to YAML 1.1), as the loader accepts it: a whole
+mantissa and a non-negative exponent, so its value is a whole number of at least 10."""
 
 
 def one_line(text: str | None) -> str:
@@ -151,21 +154,39 @@ def _object_schema(cls: type, prefix: str) -> dict[str, Any]:
 
 
 def _loss_schema() -> dict[str, Any]:
-    """``loss: {name: ..., <hyperparameter>: ...}``, or just ``loss: NAME``."""
+    """``loss: {name: ..., <hyperparameter>: ...}``, or just ``loss: NAME``: one branch per loss,
+    its hyperparameters from its constructor's signature (type by annotation, default), others
+    rejected as the loader rejects them (``loader._loss_params``)."""
     from dml_dist.losses import LOSSES
 
     docs = field_docs(LossConfig)
     name = {"type": "string", "enum": sorted(LOSSES), "default": LossConfig.name, "description": docs["name"]}
+    branches = [_one_loss_schema(loss, loss == LossConfig.name) for loss in sorted(LOSSES)]
+    return {"description": one_line(LossConfig.__doc__), "anyOf": [*branches, name]}
+
+
+def _one_loss_schema(loss: str, is_default: bool) -> dict[str, Any]:
+    """The mapping form of one loss: ``name`` (optional for the default loss), its
+    hyperparameters beside it or under ``params``."""
+    from dml_dist.losses import LOSSES
+
+    cls = LOSSES[loss]
+    hints = typing.get_type_hints(cls.__init__)
+    params: dict[str, Any] = {}
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name == "self":
+            continue
+        prop = _type_schema(hints[p.name], f"loss.{p.name}") if p.name in hints else {}
+        if p.default is not inspect.Parameter.empty:
+            prop["default"] = p.default
+        params[p.name] = prop
+    nested = {"type": "object", "properties": params, "additionalProperties": False}
     return {
-        "description": one_line(LossConfig.__doc__),
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"name": name, "params": {"type": "object", "description": docs["params"]}},
-                "additionalProperties": True,
-            },
-            name,
-        ],
+        "type": "object",
+        "title": loss,
+        "properties": {"name": {"const": loss}, "params": nested, **params},
+        "required": [] if is_default else ["name"],
+        "additionalProperties": False,
     }
 
 
@@ -174,7 +195,7 @@ def _type_schema(hint: Any, dotted: str) -> dict[str, Any]:
     args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return {"anyOf": [_type_schema(inner[0], dotted), {"type": "null"}]}
+        return {"anyOf": [*(_type_schema(a, dotted) for a in inner), {"type": "null"}]}
     if dataclasses.is_dataclass(hint):
         return _object_schema(typing.cast(type, hint), prefix=f"{dotted}.")
     bound = RANGES[dotted].json_schema() if dotted in RANGES else {}
@@ -185,6 +206,9 @@ def _type_schema(hint: Any, dotted: str) -> dict[str, Any]:
     if hint is bool:
         return {"type": "boolean"}
     if hint is int:
+        # ``1e3`` as a string (YAML 1.1) only where every value of the pattern (>= 10) is in range.
+        if bound.get("maximum") is None and bound.get("exclusiveMaximum") is None and bound.get("minimum", 0) <= 10:
+            return {"anyOf": [{"type": "integer", **bound}, {"type": "string", "pattern": _INTEGER_TEXT}]}
         return {"type": "integer", **bound}
     if hint is float:
         return {"anyOf": [{"type": "number", **bound}, {"type": "string", "pattern": _FLOAT_TEXT}]}

@@ -5,6 +5,14 @@ overrides (values parsed as YAML scalars) and builds the typed dataclasses, whic
 themselves as they are built (each section its own fields, ``ExperimentConfig`` the rules
 between sections). Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
 
+This is the one place a config is checked: ``train``, ``config show`` and ``submit`` all load
+through it, and ``config schema`` (``describe.py``) is built from the same types. So the loss's
+hyperparameters are checked here, against the loss's constructor (names, types by its
+annotations, and the constructor's own value checks), and numbers follow one rule everywhere: an
+integer field takes ``1000``, ``1e3`` or ``1000.0`` (a JSON Schema ``integer`` is any number
+without a fraction, so refusing ``1e3`` here would disagree with every editor); a float field
+takes any number, also ``1e-4``, which YAML 1.1 reads as a string.
+
 ``path`` is a YAML file, or the name of a config shipped inside the package
 (``dml_dist/configs/NAME.yaml``, e.g. ``quickstart``), so an installed wheel has them too.
 """
@@ -125,7 +133,22 @@ def _loss_from_dict(raw: Any, prefix: str) -> LossConfig:
     name = raw.pop("name", LossConfig.name)
     if not isinstance(name, str):
         raise ValueError(f"{prefix}name: expected a string, got {name!r}")
-    return LossConfig(name=name, params={**params, **raw})
+    return LossConfig(name=name, params=_loss_params(name, {**params, **raw}, prefix))
+
+
+def _loss_params(name: str, params: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The loss's hyperparameters converted by its constructor's annotations and checked by
+    building it once (unknown name or parameter, wrong type or value: ``ValueError`` naming it)."""
+    from dml_dist.losses import LOSSES, build_loss
+
+    if name not in LOSSES:
+        build_loss(name)  # the registry's message: unknown loss, valid names
+    hints = typing.get_type_hints(LOSSES[name].__init__)
+    converted = {
+        key: _convert(hints[key], value, f"{prefix}{key}") if key in hints else value for key, value in params.items()
+    }
+    build_loss(name, **converted)
+    return converted
 
 
 def _convert(hint: Any, value: Any, name: str) -> Any:
@@ -135,7 +158,14 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, name)
+        errors = []
+        for option in inner:  # the first type the value converts to (``pretrained: bool | str | None``)
+            try:
+                return _convert(option, value, name)
+            except ValueError as err:
+                errors.append(str(err))
+        kinds = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ValueError(errors[0] if len(errors) == 1 else f"{name}: expected {kinds}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=f"{name}.")  # type: ignore[arg-type]
     if origin is list:
@@ -151,9 +181,7 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
             raise ValueError(f"{name}: expected true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        return value
+        return _integer(value, name)
     if hint is float:
         if isinstance(value, str):
             value = _yaml_11_float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -165,6 +193,16 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
             raise ValueError(f"{name}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _integer(value: Any, name: str) -> int:
+    """An integer field's value: an int, or a number without a fraction (``1e3``, ``1000.0``)."""
+    number = _yaml_11_float(value) if isinstance(value, str) else value
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    return number
 
 
 def _yaml_11_float(text: str) -> str | float:

@@ -82,6 +82,7 @@ RANGES: dict[str, Range] = {
     "model.embedding_dim": POSITIVE,
     "model.in_channels": Range(1, 3),
     "model.pool_grid": NON_NEGATIVE,
+    "model.freeze_backbone_steps": NON_NEGATIVE,
     "mining.random_share": SHARE,
     "mining.warmup_coverage": SHARE,
     "mining.momentum": Range(0, 1, high_open=True),
@@ -100,6 +101,7 @@ RANGES: dict[str, Range] = {
     "mining.warmup_steps": NON_NEGATIVE,
     "mining.ramp_steps": NON_NEGATIVE,
     "mining.fresh_within_steps": NON_NEGATIVE,
+    "engine.backbone_lr_mult": NON_NEGATIVE,
     "engine.zero_stage": Range(0, 3),
     "engine.lr": POSITIVE,
     "engine.weight_decay": NON_NEGATIVE,
@@ -114,6 +116,7 @@ RANGES: dict[str, Range] = {
     "train.keep_checkpoints": NON_NEGATIVE,
     "train.max_failures": Range(-1),  # Ray Train: -1 = restart without limit
     "train.max_nonfinite_steps": POSITIVE,
+    "train.collective_timeout_s": POSITIVE,
     "eval.recall_at": POSITIVE,
     "eval.batch_size": POSITIVE,
     "eval.block_size": POSITIVE,

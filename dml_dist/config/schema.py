@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dml_dist.config.credentials import refuse_credentials_in_config
 from dml_dist.config.data_sections import DataConfig
 from dml_dist.config.mining_memory import MemoryConfig, MiningConfig
 from dml_dist.config.sections import (
@@ -40,6 +41,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self._check_across_sections()
+        refuse_credentials_in_config(self)  # a URI with a secret in it, in any field (config/credentials.py)
 
     def validate(self) -> None:
         """Check every section again and the rules between sections (after fields were set in
@@ -48,12 +50,19 @@ class ExperimentConfig:
             section.validate()
         self.memory.validate()
         self._check_across_sections()
+        refuse_credentials_in_config(self)
 
     def _check_across_sections(self) -> None:
         if self.model.norm == "batch" and self.batch.chunk_size > 0:
             raise ValueError(
                 "model.norm: batch normalization over the global batch needs the whole batch in one forward; "
                 "set batch.chunk_size: 0 or model.norm: group"
+            )
+        timm_global_bn = self.model.backbone.startswith("timm/") and self.model.batch_norm == "global"
+        if timm_global_bn and self.batch.chunk_size > 0:
+            raise ValueError(
+                "model.batch_norm: global batch norm needs the whole batch in one forward; set batch.chunk_size: 0 "
+                "or model.batch_norm: frozen (the same network for a backbone without BatchNorm, such as a ViT)"
             )
         if self.batch.num_classes % self.train.workers != 0:
             raise ValueError(

@@ -46,23 +46,43 @@ class ModelConfig:
     """The embedding network."""
 
     backbone: str = "small_cnn"
-    """Backbone name: ``small_cnn`` (a GroupNorm conv net for small grayscale images), or the papers'
-    ImageNet backbones ``resnet50``, ``bn_inception``, ``googlenet`` (frozen BN; see ``pretrained``)."""
+    """``small_cnn`` (a conv net for small grayscale images) or ``timm/NAME``: any timm model
+    (``timm/resnet50``, ``timm/convnext_tiny``, ``timm/vit_small_patch16_224.dino``; a ``.tag``
+    picks its weights), its pooled features (``num_classes=0``) under the linear head."""
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``timm.create_model`` (``img_size: 32`` for a ViT on small images,
+    ``drop_path_rate``, ...)."""
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    """Output channels of the conv stages (each stage halves the resolution)."""
+    """``small_cnn``: output channels of the conv stages (each stage halves the resolution)."""
     norm: str = "group"
     """``small_cnn`` normalization: ``group`` (GroupNorm) or ``batch`` (batch norm over the global
     batch across ranks, exact under the all-gather; not with ``batch.chunk_size``)."""
     pool_grid: int = 0
     """``small_cnn`` pooling: 0 = global average pooling; g > 0 = average-pool the last map to g x g
     and flatten it (keeps the spatial layout; Conv-4 uses 2)."""
+    batch_norm: str = "global"
+    """timm backbones' BatchNorm layers: ``global`` (statistics of the global batch across ranks,
+    exact under the all-gather; not with ``batch.chunk_size``) or ``frozen`` (stored statistics
+    and affine as constants: the usual choice when fine-tuning pretrained weights)."""
     embedding_dim: int = 128
     """D: size of the embedding produced by the linear head."""
     in_channels: int = 1
     """Input image channels (1 grayscale, 3 RGB); must equal ``data.channels``."""
-    pretrained: str | None = None
-    """ImageNet weights for ``resnet50``/``bn_inception``/``googlenet``: a state-dict file (.pt/.pth)
-    loaded into the backbone; null = random init. Nothing is downloaded."""
+    pretrained: bool | str | None = None
+    """First weights of a timm backbone: ``true`` (timm's published weights from the Hugging Face
+    hub, downloaded once per node into its cache; ``HF_HUB_OFFLINE=1`` reads a warm cache), a
+    file path or storage URI of a ``.safetensors`` file or torch state dict (the same on every
+    node without internet), ``hf-hub:ORG/NAME`` (another hub repository's weights for this
+    model), or null (random initialization)."""
+    init_from: str | None = None
+    """A finished run directory (local or storage URI): start from its ``embedder.pt``, backbone
+    and head (a head of another ``embedding_dim`` starts afresh, with a warning); applied after
+    ``pretrained``."""
+    freeze_backbone_steps: int = 0
+    """Train only the head for this many first steps (timm backbones): the backbone runs without
+    gradient, in eval mode, at learning rate 0."""
+    channels_last: bool = True
+    """On GPU, keep conv activations in channels-last memory layout (faster convs with bf16)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,6 +93,18 @@ class ModelConfig:
             raise ValueError(f"model.channels: expected a non-empty list of positive ints, got {self.channels}")
         if self.norm not in ("group", "batch"):
             raise ValueError(f"model.norm: expected group or batch, got {self.norm!r}")
+        if self.batch_norm not in ("global", "frozen"):
+            raise ValueError(f"model.batch_norm: expected global or frozen, got {self.batch_norm!r}")
+        if self.backbone != "small_cnn" and not self.backbone.startswith("timm/"):
+            raise ValueError(
+                f"model.backbone: expected small_cnn or timm/NAME (any timm model, e.g. timm/resnet50), "
+                f"got {self.backbone!r}"
+            )
+        if self.backbone == "small_cnn":
+            if self.pretrained not in (None, False):
+                raise ValueError("model.pretrained: small_cnn has no pretrained weights; set it to null")
+            if self.freeze_backbone_steps > 0:
+                raise ValueError("model.freeze_backbone_steps: only timm backbones can be frozen; set it to 0")
         check_ranges(self, "model")
 
 
@@ -99,9 +131,14 @@ class EngineConfig:
     weight_decay: float = 1e-4
     """Decoupled weight decay (AdamW) or L2 (others)."""
     precision: str = "auto"
-    """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32`` or ``bf16``."""
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` (weights and activations), or
+    ``autocast`` (fp32 weights and optimizer, the forward under bf16 autocast on GPU; fp32 on
+    CPU): small fine-tuning updates survive in fp32 weights."""
     gradient_clipping: float = 0.0
     """Clip the global gradient norm to this value; 0 = off."""
+    backbone_lr_mult: float = 1.0
+    """The backbone's learning rate as a multiple of ``lr`` (the head's, and a loss's own
+    parameters'); e.g. 0.1 to fine-tune a pretrained backbone gently under a fresh head."""
     lr_scaling: str = "none"
     """Scale ``lr`` with the batch: ``none``, ``linear`` (lr * N / lr_reference_classes) or ``sqrt``."""
     lr_reference_classes: int = 320
@@ -140,8 +177,8 @@ class EngineConfig:
             )
         if self.lr_scaling not in ("none", "linear", "sqrt"):
             raise ValueError(f"engine.lr_scaling: expected none, linear or sqrt, got {self.lr_scaling!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"engine.precision: expected auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "autocast"):
+            raise ValueError(f"engine.precision: expected auto, fp32, bf16 or autocast, got {self.precision!r}")
         check_ranges(self, "engine")
 
 
@@ -161,14 +198,22 @@ class TrainConfig:
     """Write a ``metrics.jsonl`` row and print every this many steps."""
     eval_every: int = 100
     """Evaluate retrieval every this many steps (and always at the end); 0 = only at the end."""
-    checkpoint_every: int = 0
-    """Save a checkpoint every this many steps (and always at the end); 0 = only at the end."""
+    checkpoint_every: int | None = None
+    """Save a checkpoint every this many steps (and always at the end); null = every tenth of
+    ``steps`` (rounded up), so a lost worker or node costs at most a tenth of the run; 0 = only
+    at the end (a failure restarts from step 0)."""
     keep_checkpoints: int = 3
     """Complete checkpoints kept in the run directory (older ones are deleted); 0 = all."""
     max_failures: int = 2
     """Times Ray Train restarts a failed worker group from the latest checkpoint before giving up."""
     max_nonfinite_steps: int = 5
-    """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+    """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped);
+    the stop ends the run without a retry."""
+    collective_timeout_s: float = 600.0
+    """Longest wait of a rank in a collective (the process group's timeout; Ray's default is
+    1,800 s): a hung rank (a stuck read, a dead peer) fails the step after this long and Ray
+    Train restarts the workers, instead of holding every GPU for half an hour. It must exceed the
+    longest thing one rank does alone while the others wait: rank 0's evaluation at step 0."""
     storage: str | None = None
     """Directory every node mounts (NFS, EFS, a ReadWriteMany volume): the run directory defaults to
     ``STORAGE/runs/NAME`` and generated data to ``STORAGE/data``; ``--storage`` and the
@@ -179,6 +224,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def checkpoint_period(self) -> int:
+        """Steps between checkpoints (0 = only at the end): ``checkpoint_every``, or a tenth of
+        ``steps`` rounded up when it is null."""
+        return self.checkpoint_every if self.checkpoint_every is not None else -(-self.steps // 10)
 
     def validate(self) -> None:
         """The section's own rules; ``ValueError`` naming the field."""

@@ -1,4 +1,4 @@
-"""How a training image is decoded (side, channels, augmentation), seeded per (seed, step, row)."""
+"""How a training image is decoded (side, channels, augmentation, resize filter), seeded per (seed, step, row)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,13 @@ class DecodeSpec:
     image_size: int
     channels: int = 1
     augment: str = "none"
+    interpolation: str = "bilinear"
 
     @classmethod
     def from_config(cls, data: DataConfig) -> DecodeSpec:
-        return cls(data.decode_size, data.channels, data.augment)
+        return cls(data.decode_size, data.channels, data.augment, data.resize_filter)
 
     def decode(self, data: bytes, seed: int, step: int, row: int) -> np.ndarray:
         """Encoded image -> float32 [channels, image_size, image_size]."""
         rng = np.random.default_rng([seed, step, row, 3]) if self.augment != "none" else None
-        return decode_image(data, self.image_size, self.channels, self.augment, rng)
-
-    def blank(self) -> np.ndarray:
-        """The float32 [channels, image_size, image_size] zeros that stand in for a class with no
-        decodable image."""
-        return np.zeros((self.channels, self.image_size, self.image_size), dtype=np.float32)
+        return decode_image(data, self.image_size, self.channels, self.augment, rng, self.interpolation)

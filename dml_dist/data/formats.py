@@ -135,7 +135,9 @@ def sop_splits(src: Path) -> dict[str, Split]:
     splits: dict[str, Split] = {}
     for split, name in (("train", "Ebay_train.txt"), ("test", "Ebay_test.txt")):
         rows = _rows(src / name, skip=1)  # header: image_id class_id super_class_id path
-        splits[split] = Split([(int(row[1]), src / row[3]) for row in rows])
+        # A product is named by its folder and the id its images share: bicycle_final/111085122871_0.JPG
+        names = {int(row[1]): f"{Path(row[3]).parent}/{Path(row[3]).stem.rpartition('_')[0]}" for row in rows}
+        splits[split] = Split([(int(row[1]), src / row[3]) for row in rows], names)
     return splits
 
 
@@ -148,10 +150,14 @@ def inshop_splits(src: Path) -> dict[str, Split]:
     for image, item, status in rows:
         label = int(item.rpartition("_")[2])
         path = src / image
+        folder = Path(image).parent  # an item's folder: img/WOMEN/Blouses_Shirts/id_00000001
+        name = str(folder.relative_to("img")) if folder.parts[:1] == ("img",) else str(folder)
         if status == "train":
             train.items.append((label, path))
+            train.names[label] = name
         elif status in ("query", "gallery"):
             test.items.append((label, path))
+            test.names[label] = name
             test.roles[str(path)] = status
         else:
             raise ValueError(f"shards: {listing}: unknown evaluation status {status!r} for {image}")

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
 
 def decode_image(
     data: bytes,
@@ -30,23 +32,26 @@ def decode_image(
     channels: int = 1,
     augment: str = "none",
     rng: np.random.Generator | None = None,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Encoded image -> float32 [channels, image_size, image_size] in [-1, 1]."""
+    """Encoded image -> float32 [channels, image_size, image_size] in [-1, 1] (``interpolation``:
+    the resize filter, ``bilinear`` or ``bicubic``, as the backbone was trained with)."""
     mode = "L" if channels == 1 else "RGB"
+    resample = RESAMPLING[interpolation]
     with Image.open(io.BytesIO(data)) as image:
         if augment == "none":
             image.draft(mode, (image_size, image_size))
             converted = image.convert(mode)
             if converted.size != (image_size, image_size):
-                converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                converted = converted.resize((image_size, image_size), resample)
         elif augment == "affine":
             assert rng is not None, "augmentation needs a random generator"
-            converted = _random_affine(image.convert(mode).resize((image_size, image_size)), rng)
+            converted = _random_affine(image.convert(mode).resize((image_size, image_size), resample), rng)
         else:
             assert rng is not None, "augmentation needs a random generator"
             converted = image.convert(mode)
             box = _random_crop_box(converted.size, rng)
-            converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
+            converted = converted.resize((image_size, image_size), resample, box=box)
             if rng.random() < 0.5:
                 converted = converted.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = np.asarray(converted, dtype=np.float32)

@@ -13,14 +13,18 @@ by (seed, step, row), so the batch is the same whichever process decodes it. Mem
 only when CUDA is available (the training loop copies with ``non_blocking=True``).
 
 Bad samples (cut-short shards, undecodable images) are replaced by the next sample of the same
-class; a class with no decodable image at all gives a blank image. Each is warned about once and
-counted: the dataset counts in its own process and returns its count with the images, the
-loader adds it up (``skipped_samples``). A class with fewer than K images is sampled with
-replacement or excluded (``min_images_policy``), said once at start.
+class. A class with no decodable image at all is never trained as blank images under its
+label: its rows take the images *and the label* of the next class (by class index) that has a
+decodable image, said once per class. Each bad sample is warned about once and counted: the
+dataset counts in its own process and returns its count with the images, the loader adds it up
+(``skipped_samples``). A storage error (the shard cannot be opened or read) is not bad data: the
+read is retried and then fails the step (``data/bad_data.py``). A class with fewer than K images
+is sampled with replacement or excluded (``min_images_policy``), said once at start.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dml_dist.data.bad_data import BadDataLog, BadSample
+from dml_dist.data.bad_data import BadDataLog, BadSample, read_with_retry
 from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.sampler import rank_share
 from dml_dist.data.shard_index import IndexedShards
@@ -41,36 +45,58 @@ Row = tuple[int, int, int, int]
 
 
 class ShareDataset(Dataset):
-    """Map-style dataset whose index is a chunk of rows; returns (images [n, C, S, S], skips):
-    ``skips`` is the number of bad samples met while decoding the chunk."""
+    """Map-style dataset whose index is a chunk of rows; returns (images [n, C, S, S], class index
+    used per row [n], skips): a row's class differs from the one asked only when that class has no
+    decodable image; ``skips`` is the number of bad samples met while decoding the chunk."""
 
     def __init__(self, shards: IndexedShards, spec: DecodeSpec, seed: int):
         self.shards, self.spec, self.seed = shards, spec, seed
         self.bad = BadDataLog()  # each worker process has its own copy; counts go back with the chunk
+        self.dead: set[int] = set()  # class indices without a decodable image (found in this process)
 
     def __len__(self) -> int:
         return sum(self.shards.class_sizes())
 
-    def __getitem__(self, chunk: Sequence[Row]) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+    def __getitem__(self, chunk: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, int]:  # type: ignore[override]
         before = self.bad.total
-        arrays = [self.decode_row(*row) for row in chunk]
-        return torch.from_numpy(np.stack(arrays)), self.bad.total - before
+        used, arrays = zip(*(self.decode_row(*row) for row in chunk), strict=True)
+        return torch.from_numpy(np.stack(arrays)), torch.tensor(used, dtype=torch.int64), self.bad.total - before
 
-    def decode_row(self, class_index: int, sample_pos: int, step: int, row: int) -> np.ndarray:
-        """The row's image; a bad sample is replaced by the next one of the same class."""
+    def decode_row(self, class_index: int, sample_pos: int, step: int, row: int) -> tuple[int, np.ndarray]:
+        """(class index used, the row's image): a bad sample is replaced by the next one of the same
+        class, a class with no decodable image by the next class that has one."""
+        num_classes = len(self.shards.entries)
+        for shift in range(num_classes):
+            candidate = (class_index + shift) % num_classes
+            if candidate in self.dead:
+                continue
+            image = self._first_decodable(candidate, sample_pos, step, row)
+            if image is not None:
+                return candidate, image
+            self.dead.add(candidate)
+            log.warning(
+                "data: class %d of %s has no decodable image; its rows take the next class's images and label",
+                self.shards.labels[candidate],
+                self.shards.directory,
+            )
+        raise ValueError(f"data: no class of {self.shards.directory} has a decodable image")
+
+    def _first_decodable(self, class_index: int, sample_pos: int, step: int, row: int) -> np.ndarray | None:
+        """The first decodable image of the class from ``sample_pos`` on (cyclically), or None."""
         size = len(self.shards.entries[class_index])
         for attempt in range(size):
             pos = (sample_pos + attempt) % size
+            shard, key = self.shards.where(class_index, pos)
             try:
-                return self.spec.decode(self.shards.read(class_index, pos), self.seed, step, row)
+                data = read_with_retry(functools.partial(self.shards.read, class_index, pos), f"{shard} ({key})")
             except BadSample as err:
                 self.bad.skip(err.shard, err.key, err.reason)
+                continue
+            try:
+                return self.spec.decode(data, self.seed, step, row)
             except Exception as err:  # PIL raises several types for undecodable or truncated images
-                self.bad.skip(*self.shards.where(class_index, pos), f"undecodable image ({type(err).__name__}: {err})")
-        self.bad.skip(
-            self.shards.shards[0], f"class {self.shards.labels[class_index]}", "no decodable image; blank stands in"
-        )
-        return self.spec.blank()
+                self.bad.skip(shard, key, f"undecodable image ({type(err).__name__}: {err})")
+        return None
 
 
 class _StepPlan:
@@ -156,9 +182,8 @@ class ClassBatchLoader:
         """This rank's (class position, sample position) pairs: ``rank_share`` over usable classes."""
         return rank_share(self.seed, step, classes, self.class_sizes, self.k, self.world_size, self.rank)
 
-    def rows(self, step: int, classes: Sequence[int], share: list[tuple[int, int]] | None = None) -> list[Row]:
-        share = self.share(step, classes) if share is None else share
-        return [(self.classes[c], s, step, row) for row, (c, s) in enumerate(share)]
+    def rows(self, step: int, classes: Sequence[int]) -> list[Row]:
+        return [(self.classes[c], s, step, row) for row, (c, s) in enumerate(self.share(step, classes))]
 
     def prefetch(self, step: int, classes: Sequence[int]) -> None:
         """Start decoding ``step`` in the workers (no-op without workers or when one is pending)."""
@@ -171,12 +196,10 @@ class ClassBatchLoader:
 
     def load(self, step: int, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's images [B, C, S, S] and labels [B] for the step's classes."""
-        share = self.share(step, classes)
-        labels = torch.tensor([self.labels[c] for c, _ in share], dtype=torch.int64)
         if self._dataloader is None:
-            images, skips = self.dataset[self.rows(step, classes, share)]
+            images, used, skips = self.dataset[self.rows(step, classes)]
             self.bad.add(skips)
-            return images, labels
+            return images, self._labels_of(used)
         if self._pending is not None and self._pending[:2] != (step, tuple(classes)):
             for _ in self._pending[2]:  # a stale prefetch: finish its epoch before starting another
                 pass
@@ -186,8 +209,13 @@ class ClassBatchLoader:
         assert self._pending is not None
         parts = list(self._pending[2])
         self._pending = None
-        self.bad.add(sum(skips for _, skips in parts))
-        return torch.cat([images for images, _ in parts]), labels
+        self.bad.add(sum(skips for _, _, skips in parts))
+        return torch.cat([images for images, _, _ in parts]), self._labels_of(torch.cat([used for _, used, _ in parts]))
+
+    def _labels_of(self, class_index_B: torch.Tensor) -> torch.Tensor:
+        """Labels [B] of the class indices the rows were decoded from."""
+        labels = self.shards.labels
+        return torch.tensor([labels[c] for c in class_index_B.tolist()], dtype=torch.int64)
 
     def close(self) -> None:
         self._pending = None

@@ -6,7 +6,7 @@ Two modes (``data.mode``), with the trade-off the README states; ``build_loader`
   outside (the mining service or random classes); the class index locates each image, so a step
   reads exactly its N x K images. Needs random access to the shard files and the class index.
 - ``streaming`` (``data/stream_loader.py: StreamingClassLoader``): for shards that can only be
-  read front to back (a ``pipe:`` command, http, gs or s3 URLs) or have no index. Decoded images
+  read front to back (s3, gs, hdfs or http URLs, opened without a shell) or have no index. Decoded images
   go into per-class buffers and a step takes the first N/W classes whose buffer holds K images;
   the data, not the mining service, picks the classes (mining must be off).
 

@@ -3,7 +3,8 @@
 ``IndexedShards`` serves the class-driven sampler, so a step reads only its N x K images: the
 class index (``class_index.json``, ``data/shard_layout.py``) gives each image's byte range
 inside its tar, and a read is one ``pread``. A range cut short raises ``BadSample``; the caller
-skips and counts it (``data/bad_data.py``).
+skips and counts it. An ``OSError`` (missing file, permission, EIO) is a storage error that the
+caller retries and then lets fail the step (``data/bad_data.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ class IndexedShards:
                 raise ValueError(f"data: shard {self.directory / name} listed in {CLASS_INDEX} does not exist")
         self.labels: list[int] = sorted(int(label) for label in index["classes"])
         self.entries: list[list[list[Any]]] = [index["classes"][str(label)] for label in self.labels]
-        self.names: dict[str, str] = index.get("names", {})
         self._handles: dict[int, Any] = {}
 
     @property
@@ -53,14 +53,20 @@ class IndexedShards:
         return self.shards[entry[0]], key
 
     def read(self, class_pos: int, sample_pos: int) -> bytes:
-        """The encoded image bytes of one sample; ``BadSample`` when the shard is cut short."""
+        """The encoded image bytes of one sample; ``BadSample`` when the shard is cut short,
+        ``OSError`` when the shard cannot be opened or read."""
         shard_pos, offset, size = self.entries[class_pos][sample_pos][:3]
         handle = self._handles.get(shard_pos)
         if handle is None:
             handle = open(self.directory / self.shards[shard_pos], "rb")  # noqa: SIM115 (cached)
             self._handles[shard_pos] = handle
-        # pread, not seek + read: forked DataLoader workers share the descriptor and its offset.
-        data: bytes = os.pread(handle.fileno(), size, offset)
+        try:
+            # pread, not seek + read: forked DataLoader workers share the descriptor and its offset.
+            data: bytes = os.pread(handle.fileno(), size, offset)
+        except OSError:
+            del self._handles[shard_pos]  # a storage error: the caller's retry opens the file afresh
+            handle.close()
+            raise
         if len(data) != size:
             raise BadSample(*self.where(class_pos, sample_pos), f"truncated: {len(data)} of {size} bytes")
         return data

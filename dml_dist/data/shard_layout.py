@@ -9,8 +9,9 @@ A shard directory holds:
   every class on one rank only.
 - ``class_index.json``: for every class, the (shard, byte offset, byte size, key) of each image
   member's data inside its tar, so a reader seeks straight to an image (indexed access).
-- ``manifest.json``: counts, the source and a fingerprint of the input; written last, so a
-  directory without it is incomplete and is never read.
+- ``manifest.json``: counts, the source, a fingerprint of the input and each class's name
+  (``class_names``: label -> name, where the source has names); written last, so a directory
+  without it is incomplete and is never read.
 
 Writing: ``data/shard_writer.py``. Reading by class: ``data/shard_index.py``; front to back:
 ``data/tar_stream.py``.
@@ -38,6 +39,18 @@ def is_complete(directory: str | Path) -> bool:
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads((Path(directory) / MANIFEST).read_text())
     return manifest
+
+
+def read_class_names(directory: str | Path) -> dict[int, str]:
+    """Label -> class name from a shard set's manifest (empty where the source had no names)."""
+    if not is_complete(directory):
+        return {}
+    return {int(label): name for label, name in read_manifest(directory).get("class_names", {}).items()}
+
+
+def class_caption(names: dict[int, str], label: int) -> str:
+    """How a class is shown to a reader: its name, else ``class <label>``."""
+    return names.get(int(label), f"class {label}")
 
 
 def parse_label(text: str | None) -> int | None:

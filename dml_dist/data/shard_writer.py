@@ -8,6 +8,15 @@ finished shards of a ``.partial`` one and writes only the rest. Writers of one d
 turns (``flock`` on ``<directory>.lock``, left beside it): the second finds the directory
 complete and writes nothing.
 
+Nothing that the writer did not write is ever deleted: it writes into a new or empty directory,
+or replaces a complete set that it wrote itself (its manifest has a fingerprint, and nothing else
+is in it); a directory holding anything else is refused in one line that names what is there
+(``check_writable``). Replacing a set moves it aside (``<directory>.replaced``), moves the new one
+in, and then removes only the files that a writer of a set writes.
+
+Each class's name (a folder's path relative to the source, or the data set's own label) goes to
+the manifest (``class_names``): the gallery and ``dml-dist embed`` show it instead of a number.
+
 Bad input files are caught at conversion, not in training: with a ``check`` (``dml-dist shards``
 decodes every image in full, ``data/images.py: image_problem``) a sample whose bytes fail is
 left out of its shard, named with its reason (``on_bad``), and listed in the manifest
@@ -24,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +52,7 @@ from dml_dist.data.shard_layout import (
     parse_label,
     read_manifest,
 )
+from dml_dist.data.shard_output import REPLACED_SUFFIX, check_writable, foreign_entries, remove_written
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ def write_shards(
     fingerprint = fingerprint_of(samples, samples_per_shard, source)
     if is_complete(final) and read_manifest(final).get("fingerprint") == fingerprint:
         return final, False
+    check_writable(final)
     with _writer_lock(final):
         # Another process (a concurrent trial or worker) may have written it while we waited.
         if is_complete(final) and read_manifest(final).get("fingerprint") == fingerprint:
@@ -154,9 +164,13 @@ def _write_locked(
     check: Callable[[bytes], str | None] | None,
     on_bad: Callable[[Sample, str], None] | None,
 ) -> None:
+    check_writable(final)  # again: another process may have written into it while we waited
     partial = final.with_name(final.name + ".partial")
-    if not (partial / FINGERPRINT).is_file() or (partial / FINGERPRINT).read_text() != fingerprint:
-        shutil.rmtree(partial, ignore_errors=True)
+    if partial.exists() and (foreign_entries(partial) or not (partial / FINGERPRINT).is_file()):
+        raise ValueError(f"shards: {partial} is in the way and was not written by dml-dist shards; move it away")
+    if not partial.exists() or (partial / FINGERPRINT).read_text() != fingerprint:
+        if partial.exists():
+            remove_written(partial)  # an interrupted write of other input
         partial.mkdir(parents=True)
         (partial / FINGERPRINT).write_text(fingerprint)
     names: list[str] = []
@@ -172,8 +186,6 @@ def _write_locked(
         if bad_list.is_file():
             bad_files += json.loads(bad_list.read_text())
     index = build_class_index(partial, names)
-    if class_names:
-        index["names"] = {str(label): name for label, name in class_names.items()}
     (partial / CLASS_INDEX).write_text(json.dumps(index))
     manifest = {
         "num_samples": sum(len(entries) for entries in index["classes"].values()),
@@ -184,13 +196,27 @@ def _write_locked(
         "bad_files": bad_files,
         "source": source,
         "fingerprint": fingerprint,
+        "class_names": {str(label): name for label, name in sorted((class_names or {}).items())},
     }
     for bad_list in partial.glob("*" + BAD_SUFFIX):
         bad_list.unlink()
     (partial / FINGERPRINT).unlink()
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
+    _move_in(partial, final)
+
+
+def _move_in(partial: Path, final: Path) -> None:
+    """Put the finished set in place; a set already there (``check_writable``: one we wrote) is
+    moved aside first and removed file by file once the new one is in."""
+    if not final.exists() or not any(final.iterdir()):
+        os.replace(partial, final)  # a rename onto an empty directory replaces it
+        return
+    aside = final.with_name(final.name + REPLACED_SUFFIX)
+    if aside.exists():
+        remove_written(aside)  # left by a writer killed between the two renames below
+    os.replace(final, aside)
     os.replace(partial, final)
+    remove_written(aside)
 
 
 def _write_tar(

@@ -1,7 +1,7 @@
 """Streaming class-driven loading: per-class buffers filled from shards read front to back.
 
-For shards that can only be read front to back (a ``pipe:`` command, http, gs or s3 URLs) or have
-no index. Shards are divided between ranks and then between DataLoader workers; decoded images
+For shards that can only be read front to back (s3, gs, hdfs or http URLs, opened without a
+shell: ``data/tar_stream.py``) or have no index. Shards are divided between ranks and then between DataLoader workers; decoded images
 go into per-class buffers and a step takes the first N/W classes whose buffer holds K images.
 Every rank still gets exactly N/W x K rows, and since ``dml-dist shards`` keeps a class inside
 one shard, ranks never share a class. The data, not the mining service, picks the classes
@@ -10,7 +10,9 @@ memory holds up to ``buffer_samples`` images.
 
 Bad data (see ``data/tar_stream.py``) and undecodable images are skipped, warned about once and
 counted: the dataset counts in its own process and returns its count with each chunk, the
-loader adds it up (``skipped_samples``). A class with fewer than K images in a pass is sampled
+loader adds it up (``skipped_samples``). A class whose images all fail to decode never fills a
+buffer, so it is never trained. A storage error (a shard that cannot be opened or read) is
+retried and then raised: the step fails (``data/bad_data.py``). A class with fewer than K images in a pass is sampled
 with replacement or excluded (``min_images_policy``).
 """
 
@@ -63,7 +65,7 @@ class StreamDataset(IterableDataset):
             for key, label, data in iter_tar_samples(url, self.bad):
                 try:
                     image = self.spec.decode(data, self.seed, self.passes, zlib.crc32(f"{url}/{key}".encode()))
-                except Exception as err:
+                except Exception as err:  # PIL raises several types for undecodable images
                     self.bad.skip(name, key, f"undecodable image ({type(err).__name__}: {err})")
                     continue
                 labels.append(label)

@@ -1,45 +1,89 @@
-"""Streaming reading of shards: shard URLs, opening them, and their samples front to back.
+"""Streaming reading of shards: shard URLs, opening them without a shell, and their samples front to back.
 
-``expand_urls`` turns a shard directory, a brace pattern or a list into shard URLs;
-``iter_tar_samples`` streams one shard (local path, ``pipe:`` command, or an http/https, gs or
-s3 URL opened by the matching command-line tool through webdataset's ``gopen``) with a tar
-reader of its own that checks every header, so a corrupt header in the middle of a shard is
-noticed instead of ending the shard silently. Bad data never crashes the stream: a corrupt or
-truncated tar, an empty shard, a missing or non-integer class field are skipped with a warning
-naming the shard and key, and counted in the caller's ``BadDataLog`` (``data/bad_data.py``).
+``expand_urls`` turns a shard directory, a brace pattern or a list into shard URLs and refuses
+any URL that is not a plain path or a URI of a known scheme (``check_url``): shards are opened
+by ``open_url`` through ``pyarrow.fs`` (s3, gs, hdfs, abfs, file) or ``urllib`` (http, https),
+never by a command, so no part of a URL ever reaches a shell (WebDataset's ``pipe:`` ran its
+URL through ``sh -c``). A remote URL must also be free of the characters a shell or a URL
+parser would read as syntax (``;|&$<>`` quotes, spaces, ``#`` ...; ``&`` and ``=`` only in the
+query of ``pyarrow`` options), so a URL naming something else than a file is refused at load.
+
+``iter_tar_samples`` streams one shard with a tar reader of its own that checks every header,
+so a corrupt header in the middle of a shard is noticed instead of ending the shard silently.
+Two kinds of failure, treated differently (``data/bad_data.py``):
+- bad data (a corrupt or truncated tar, an empty shard, a missing or non-integer class field)
+  is skipped with a warning naming the shard and key, and counted in the caller's ``BadDataLog``;
+- a storage error (the shard cannot be opened or read: missing, permission, EIO, network) is
+  retried a few times, resuming after the last sample read, then raised as ``StorageError``, so
+  the step fails and Ray Train restarts the worker instead of training on less data.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 import tarfile
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import braceexpand
 
-from dml_dist.data.bad_data import BadDataLog
+from dml_dist.data.bad_data import BadDataLog, wait_or_raise
 from dml_dist.data.shard_layout import IMAGE_EXTENSIONS, MANIFEST, is_complete, parse_label
 
-REMOTE_SCHEMES = ("pipe:", "http://", "https://", "gs://", "s3://")
+PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+HTTP_SCHEMES = ("http", "https")
+KNOWN_SCHEMES = (*PYARROW_SCHEMES, *HTTP_SCHEMES)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters or more: "C:" is a drive, not a scheme
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._~/%:@+,=-]*$")
+_SAFE_QUERY = re.compile(r"^[A-Za-z0-9._~/%:@+,=&-]*$")
+
+
+def url_scheme(url: str) -> str | None:
+    """The lower-case scheme of ``url`` (``s3`` of ``s3://b/x``, ``pipe`` of ``pipe:cat x``), or None for a path."""
+    match = _SCHEME.match(url)
+    return match.group(1).lower() if match else None
 
 
 def is_remote(url: str) -> bool:
-    return url.startswith(REMOTE_SCHEMES)
+    """True for a URL with a scheme other than ``file``: read front to back, never by index."""
+    return url_scheme(url) not in (None, "file")
+
+
+def check_url(url: str) -> None:
+    """Refuse (``ValueError``, one line naming it) a shard URL that is not a plain path or a URI
+    of a known scheme with only safe characters (see the module docstring)."""
+    scheme = url_scheme(url)
+    if scheme is None:
+        return  # a plain path: opened with open(), whatever its characters
+    if scheme not in KNOWN_SCHEMES:
+        raise ValueError(
+            f"data: shard URL {url!r} has scheme {scheme!r}, not one of {', '.join(KNOWN_SCHEMES)} "
+            "(shards are read without a shell: pipe: commands are not run)"
+        )
+    path, _, query = url.partition("?")
+    if not _SAFE_PATH.match(path) or not _SAFE_QUERY.match(query):
+        raise ValueError(
+            f"data: shard URL {url!r} holds characters that are not part of a file's URI "
+            "(allowed: letters, digits and ._~/%:@+,=- ; & only in the ?query)"
+        )
 
 
 def expand_urls(spec: str | Path | Sequence[str]) -> list[str]:
     """Shard URLs of a spec: a shard directory, a brace pattern (``/d/shard-{000000..000009}.tar``),
-    a remote URL or ``pipe:`` command (braces expanded too), or a list of those. Local paths must
-    exist: a missing one is a ``ValueError`` naming it."""
+    a URI of a known scheme (braces expanded too), or a list of those. Each URL is checked
+    (``check_url``) and local paths must exist: either failure is a ``ValueError`` naming it."""
     items = [str(spec)] if isinstance(spec, str | Path) else [str(s) for s in spec]
     urls: list[str] = []
     for item in items:
-        if not is_remote(item) and Path(item).is_dir():
+        if url_scheme(item) is None and Path(item).is_dir():
             urls.extend(shard_urls(item))
             continue
         for url in braceexpand.braceexpand(item):
-            if not is_remote(url) and not Path(url).is_file():
+            check_url(url)
+            if url_scheme(url) is None and not Path(url).is_file():
                 raise ValueError(f"data: shard {url} does not exist")
             urls.append(url)
     if not urls:
@@ -56,46 +100,69 @@ def shard_urls(directory: str | Path) -> list[str]:
 
 
 def open_url(url: str) -> Any:
-    """A binary stream of a shard: local file, ``pipe:``, http(s) (curl), gs (gsutil), s3 (aws cli)."""
-    from webdataset.gopen import gopen
+    """A binary stream of a shard: a local file, a ``pyarrow.fs`` URI, or http(s) through urllib.
 
-    if url.startswith("s3://"):  # webdataset has no s3 opener of its own; the aws CLI streams to stdout
-        url = f"pipe:aws s3 cp {url} -"
-    return gopen(url, "rb")
+    No command and no shell is involved. Raises ``OSError`` when the shard cannot be opened.
+    """
+    check_url(url)
+    scheme = url_scheme(url)
+    if scheme is None:
+        return open(url, "rb")  # noqa: SIM115 (the caller closes it)
+    if scheme in HTTP_SCHEMES:
+        return urllib.request.urlopen(url, timeout=60)  # the scheme is checked above
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(url)
+    except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) for a URI it cannot open
+        raise OSError(f"cannot open {url}: {err}") from err
+    return fs.open_input_stream(path)
 
 
 def iter_tar_samples(url: str, bad: BadDataLog | None = None) -> Iterator[tuple[str, int, bytes]]:
     """(key, label, image bytes) of every valid sample of one shard, in order.
 
     Bad data is skipped and counted in ``bad`` (a fresh log when None: warned, not kept): an
-    unreadable, empty, corrupt or cut-short tar ends the shard after its last good sample; a
-    sample without an image, without a class field or with a non-integer one is dropped.
-    Decoding is the caller's (it fails later, and is skipped there with the same warning).
+    empty, corrupt or cut-short tar ends the shard after its last good sample; a sample without
+    an image, without a class field or with a non-integer one is dropped. A storage error is
+    retried and then raised (``_members``). Decoding is the caller's (it fails later, and is
+    skipped there with the same warning).
     """
     bad = BadDataLog() if bad is None else bad
     name = url if is_remote(url) else Path(url).name
     key: str | None = None
     fields: dict[str, bytes] = {}
     try:
-        stream = open_url(url)
-    except Exception as err:  # a shard that vanished after start, a failing command
-        bad.skip(name, "-", f"cannot open: {err}")
-        return
-    try:
-        with stream:
-            for member_name, data in _tar_members(stream):
-                base, _, ext = member_name.rpartition("/")[2].partition(".")
-                if base != key:
-                    if key is not None:
-                        yield from _complete_sample(name, key, fields, bad)
-                    key, fields = base, {}
-                fields[ext.lower()] = data
+        for member_name, data in _members(url):
+            base, _, ext = member_name.rpartition("/")[2].partition(".")
+            if base != key:
+                if key is not None:
+                    yield from _complete_sample(name, key, fields, bad)
+                key, fields = base, {}
+            fields[ext.lower()] = data
         if key is None:
             bad.skip(name, "-", "empty shard")
         else:
             yield from _complete_sample(name, key, fields, bad)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+    except (tarfile.TarError, EOFError, ValueError) as err:
         bad.skip(name, key or "-", f"corrupt or truncated tar ({err}); rest of the shard skipped")
+
+
+def _members(url: str) -> Iterator[tuple[str, bytes]]:
+    """The regular members of one shard; an ``OSError`` while opening or reading it (a storage
+    error, not bad data) reopens the shard and resumes after the members already given, up to
+    ``IO_ATTEMPTS`` times, then raises ``StorageError`` naming the shard."""
+    given = 0
+    for attempt in itertools.count(1):
+        try:
+            with open_url(url) as stream:
+                for position, member in enumerate(_tar_members(stream)):
+                    if position >= given:
+                        given += 1
+                        yield member
+            return
+        except OSError as err:
+            wait_or_raise(attempt, f"shard {url}", err)
 
 
 def _tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:

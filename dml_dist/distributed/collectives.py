@@ -52,6 +52,17 @@ def init_local_gloo(rank: int, world_size: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
 
 
+def init_local_nccl(rank: int, world_size: int, port: int) -> None:
+    """Join an NCCL group of ``world_size`` processes on this machine, rank r on GPU r
+    (``bench gpu``); the variables DeepSpeed reads are set as in ``init_local_gloo``."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device)
+
+
 def shutdown() -> None:
     """Leave the process group after every rank has arrived."""
     if is_distributed():
@@ -80,6 +91,17 @@ def gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         parts = dist_fn.all_gather(x_BD)
     return torch.cat(parts, dim=0)
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, differentiable: the backward sums every rank's gradient of the
+    result (global batch norm's statistics, ``models/global_batchnorm.py``)."""
+    if world_size() == 1:
+        return x
+    with warnings.catch_warnings():
+        # Deprecated in torch 2.13 as all_gather above; without this it warns at every call site.
+        warnings.simplefilter("ignore", FutureWarning)
+        return dist_fn.all_reduce(x)
 
 
 def gather_no_grad(x_B: torch.Tensor) -> torch.Tensor:
@@ -120,6 +142,12 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks of its node (``LOCAL_RANK``, set by Ray Train and
+    ``init_local_gloo``; 0 without a process group): local rank 0 does a node's one-off work."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
 
 
 def barrier() -> None:

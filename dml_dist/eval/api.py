@@ -57,6 +57,7 @@ class Embedder:
             self.device,
             channels=self.config.data.channels,
             bar=bar,
+            interpolation=self.config.data.resize_filter,
         )
         return emb.reshape(len(images), self.embedding_dim) if len(images) == 0 else emb
 
@@ -102,9 +103,10 @@ def load_embedder(run_dir: str | Path, device: str | torch.device | None = None)
         raise ValueError(f"run directory: {config_path} not found (is {root} a dml-dist run directory?)")
     config = load_config(config_path)
     state = run_files.load_embedder_state(root / run_files.EMBEDDER)
-    # The trained weights replace the backbone's, so its pretrained file is not needed here.
+    # The trained weights replace the first ones, so the pretrained weights and init_from run are not read here.
     config.model.pretrained = None
-    model = build_model(config.model)
+    config.model.init_from = None
+    model = build_model(config.model, config.data)
     model.load_state_dict(state["model"])
     default = "cuda" if torch.cuda.is_available() else "cpu"
     target = torch.device(device if device is not None else default)

@@ -3,7 +3,9 @@
 One row per query (one query from each of ``num_queries`` held-out classes, chosen with a fixed
 seed); the query in the first column with a blue frame, then its k nearest gallery images by
 cosine similarity, the query itself excluded: a green frame when the result is of the query's
-class, a red frame and a red cross when it is not. ``write_run_gallery`` writes it to
+class, a red frame and a red cross when it is not. Each query is captioned with its class's name
+from the shard set's manifest (``Latin/character03``), or ``class <label>`` where the set has no
+names; a wrong result is captioned with the class it belongs to. ``write_run_gallery`` writes it to
 ``gallery.png`` in the run directory, at the end of training (rank 0) and in ``dml-dist eval``.
 """
 
@@ -21,6 +23,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dml_dist.config.schema import ExperimentConfig  # noqa: E402
+from dml_dist.data.shard_layout import class_caption, read_class_names  # noqa: E402
 from dml_dist.eval.embed import read_images  # noqa: E402
 from dml_dist.eval.heldout import HeldOut  # noqa: E402
 from dml_dist.eval.retrieval import normalize_rows  # noqa: E402
@@ -68,6 +71,7 @@ def write_gallery(
     neighbours, sims = top_k(emb_ND, queries, gallery_idx, k)
     rows_needed = set(queries.tolist()) | set(neighbours.ravel().tolist())
     images = read_images(shards, {keys[r] for r in rows_needed})
+    names = read_class_names(shards)
     num_cols = 1 + neighbours.shape[1]
     figure, axes = plt.subplots(
         len(queries),
@@ -78,12 +82,13 @@ def write_gallery(
     )
     wrong_total = 0
     for row, (q, found, sim) in enumerate(zip(queries, neighbours, sims, strict=True)):
-        _show(axes[row, 0], images.get(keys[q]), "tab:blue", f"query\nclass {labels_N[q]}")
+        _show(axes[row, 0], images.get(keys[q]), "tab:blue", f"query\n{class_caption(names, labels_N[q])}")
         for col, (n, s) in enumerate(zip(found, sim, strict=True), start=1):
             correct = labels_N[n] == labels_N[q]
             wrong_total += int(not correct)
             ax = axes[row, col]
-            _show(ax, images.get(keys[n]), "tab:green" if correct else "tab:red", f"#{col} cos {s:.2f}")
+            caption = f"#{col} cos {s:.2f}" + ("" if correct else f"\n{class_caption(names, labels_N[n])}")
+            _show(ax, images.get(keys[n]), "tab:green" if correct else "tab:red", caption)
             if not correct:
                 ax.text(
                     0.88, 0.86, "\u2717", color="red", fontsize=16, ha="center", va="center", transform=ax.transAxes

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dml_dist.config import DataConfig, EvalConfig
+from dml_dist.data.bad_data import BadDataLog
 from dml_dist.data.shard_layout import read_manifest
 from dml_dist.eval.embed import embed_shards_keyed
 from dml_dist.eval.retrieval import RetrievalReport, retrieval_metrics
@@ -55,10 +56,20 @@ def evaluate_shards(
     seed: int = 0,
     progress: bool = False,
 ) -> HeldOut:
-    """Embed every sample of ``directory`` and compute the metrics ``settings`` asks for
-    (``progress``: a bar while embedding, for ``dml-dist eval``)."""
+    """Embed every usable sample of ``directory`` and compute the metrics ``settings`` asks for
+    (``progress``: a bar while embedding, for ``dml-dist eval``). Bad samples are skipped; their
+    number is ``report.extra["skipped_samples"]``."""
+    bad = BadDataLog()  # a bad image is skipped and counted, never fatal (data/bad_data.py)
     emb, labels, keys = embed_shards_keyed(
-        model, directory, data.decode_size, settings.batch_size, device, channels=data.channels, progress=progress
+        model,
+        directory,
+        data.decode_size,
+        settings.batch_size,
+        device,
+        data.channels,
+        progress,
+        bad,
+        data.resize_filter,
     )
     if emb.shape[0] == 0:
         raise ValueError(f"eval: {directory} holds no readable samples")
@@ -75,4 +86,5 @@ def evaluate_shards(
         seed=seed,
     )
     report.extra["protocol"] = "query/gallery" if is_split else "leave-one-out"
+    report.extra["skipped_samples"] = bad.total
     return HeldOut(emb, labels, keys, report, query, gallery)

@@ -19,11 +19,18 @@ with random classes because it is not warm yet (each fallback says why: ``timeou
 ``unavailable``, ``warmup`` or ``graph_pending``). Ray restarts a dead service, which restores
 its bank from the last save, so later requests are answered again. Answers may carry
 ``stale_classes`` for the training side to re-embed (``mining/refresh.py``).
+
+The service never fails training. A checkpoint asks it for its state for at most
+``SAVE_TIMEOUT_S``; a late or failed save is skipped with a warning and counted
+(``skipped_saves``): that checkpoint then holds no mining state, and a run resumed from it keeps
+the service's state as it is (its batches are no longer those of the uninterrupted run). A
+restore that fails on resume is skipped, warned and counted the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,12 +39,17 @@ import numpy as np
 from dml_dist.data.sampler import random_classes
 from dml_dist.mining.answer import MiningAnswer
 
+SAVE_TIMEOUT_S = 30.0
+"""Longest wait for the service's state at a checkpoint (or on resume) before going on without it."""
+
 
 class ClassSource(Protocol):
     """What the training loop asks of a class source (rank 0's; other ranks get the broadcast)."""
 
     fallbacks: int
     """Steps that used random classes although mining is on."""
+    skipped_saves: int
+    """Checkpoints (and restores) that went on without the service's state: it was late or failed."""
 
     def request(self, step: int) -> None:
         """Start selecting ``step``'s classes (and the next step's) ahead of time."""
@@ -51,11 +63,12 @@ class ClassSource(Protocol):
     def publish(self, step: int, bank_pos: np.ndarray, emb_MD: np.ndarray) -> None:
         """Send embeddings [M, D] of classes ``bank_pos`` [M] seen at ``step`` (fire and forget)."""
 
-    def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
-        """Write the source's state to ``path`` for a checkpoint; None when it has none."""
+    def save_state(self, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> str | None:
+        """Write the source's state to ``path`` for a checkpoint; None when it has none (or it
+        was skipped). Never raises for the service's sake."""
 
-    def restore_state(self, path: str, timeout_s: float = 60.0) -> int | None:
-        """Load a state ``save_state`` wrote; returns its step (None when it has none)."""
+    def restore_state(self, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> int | None:
+        """Load a state ``save_state`` wrote; returns its step (None when it has none, or it was skipped)."""
 
 
 class RandomClasses:
@@ -64,6 +77,7 @@ class RandomClasses:
     def __init__(self, seed: int, num_classes: int, n: int):
         self.seed, self.num_classes, self.n = seed, num_classes, n
         self.fallbacks = 0
+        self.skipped_saves = 0
 
     def request(self, step: int) -> None:
         pass
@@ -77,11 +91,11 @@ class RandomClasses:
     def publish(self, step: int, bank_pos: np.ndarray, emb_MD: np.ndarray) -> None:
         pass
 
-    def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
+    def save_state(self, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> str | None:
         """Nothing to save: random classes are a pure function of (seed, step)."""
         return None
 
-    def restore_state(self, path: str, timeout_s: float = 60.0) -> int | None:
+    def restore_state(self, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> int | None:
         return None
 
 
@@ -94,6 +108,7 @@ class MiningClient:
         self.n = n
         self.random = RandomClasses(seed, num_classes, n)  # the fallback
         self.fallbacks = 0
+        self.skipped_saves = 0
         self.pending: dict[int, Any] = {}
         self.peeked: dict[int, MiningAnswer] = {}
         self.asked_until = -1
@@ -154,21 +169,41 @@ class MiningClient:
         with contextlib.suppress(Exception):
             self.actor.save.remote(path)
 
-    def save_state(self, path: str, timeout_s: float = 60.0) -> str | None:
+    def save_state(self, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> str | None:
         """Write the service's whole state to ``path`` on this node (for a checkpoint); the state
-        comes through Ray, so the actor may run on any node."""
+        comes through Ray, so the actor may run on any node. A late or failed save is skipped
+        (None), warned and counted: the checkpoint goes on without it."""
         import ray
 
-        data: bytes = ray.get(self.actor.state_bytes.remote(), timeout=timeout_s)
+        try:
+            data: bytes = ray.get(self.actor.state_bytes.remote(), timeout=timeout_s)
+        except Exception as err:  # dead, restarting, stuck or broken: the checkpoint must not wait or fail
+            self._skip("save its state for the checkpoint", timeout_s, err)
+            return None
         Path(path).write_bytes(data)
         return path
 
-    def restore_state(self, path: str, timeout_s: float = 60.0) -> int | None:
-        """Load a state ``save_state`` wrote (on resume, before the first request); returns its step."""
+    def restore_state(self, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> int | None:
+        """Load a state ``save_state`` wrote (on resume, before the first request); returns its
+        step, or None when the service could not take it (skipped, warned and counted)."""
         import ray
 
         self.pending.clear()
         self.peeked.clear()
         self.asked_until = -1
-        step: int = ray.get(self.actor.restore_bytes.remote(Path(path).read_bytes()), timeout=timeout_s)
+        try:
+            step: int = ray.get(self.actor.restore_bytes.remote(Path(path).read_bytes()), timeout=timeout_s)
+        except Exception as err:  # as in save_state: training goes on with the service's own state
+            self._skip(f"restore the checkpoint's state {path}", timeout_s, err)
+            return None
         return step
+
+    def _skip(self, what: str, timeout_s: float, err: Exception) -> None:
+        self.skipped_saves += 1
+        reason = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else type(err).__name__
+        print(
+            f"mining: warning: the service did not {what} ({reason}); skipped, training goes on "
+            f"({self.skipped_saves} skipped so far)",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -19,6 +19,7 @@ forward+backward images per rank per step in the quickstart).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.config.schema import ExperimentConfig
-from dml_dist.data.bad_data import BadSample
-from dml_dist.data.images import decode_batch
+from dml_dist.data.bad_data import BadDataLog, BadSample, read_with_retry
+from dml_dist.data.images import decode_image
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
 from dml_dist.mining.class_ids import ClassIds
@@ -57,20 +58,33 @@ def embed_samples(
     channels: int,
     device: torch.device,
     dtype: torch.dtype,
+    bad: BadDataLog,
+    interpolation: str = "bilinear",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unit embeddings [M, D] of the readable samples among (class_index, sample) ``pairs`` and
-    their ``class_index`` [M]."""
-    data: list[bytes] = []
+    """Unit embeddings [M, D] of the usable samples among (class_index, sample) ``pairs`` and
+    their ``class_index`` [M].
+
+    A sample cut short or undecodable is skipped and counted in ``bad`` (its class keeps its older
+    embedding, or stays stale); a storage error is retried and then raised, failing the step
+    (``data/bad_data.py``)."""
+    arrays: list[np.ndarray] = []
     classes: list[int] = []
     for class_index, sample_pos in pairs:
+        shard, key = shards.where(class_index, sample_pos)
         try:
-            data.append(shards.read(class_index, sample_pos))
-            classes.append(class_index)
-        except BadSample:  # counted and warned by the reader's callers; the class stays stale
+            data = read_with_retry(functools.partial(shards.read, class_index, sample_pos), f"{shard} ({key})")
+        except BadSample as err:
+            bad.skip(err.shard, err.key, err.reason)
             continue
-    if not data:
+        try:
+            arrays.append(decode_image(data, image_size, channels, interpolation=interpolation))
+        except Exception as err:  # PIL raises several types for undecodable or truncated images
+            bad.skip(shard, key, f"undecodable image ({type(err).__name__}: {err})")
+            continue
+        classes.append(class_index)
+    if not arrays:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    images = decode_batch(data, image_size, channels).to(device, dtype)
+    images = torch.from_numpy(np.stack(arrays)).to(device, dtype)
     was_training = model.training
     model.eval()
     try:
@@ -95,8 +109,8 @@ def refresh_stale_classes(
     Every rank must call it with the same ``stale`` list (``bank_pos``, part of the broadcast
     answer). ``loader`` is the rank's indexed ``ClassBatchLoader`` (``ClassIds.of_loader`` maps
     its ``bank_pos`` to the shards' ``class_index``, ``loader.class_sizes`` sizes them);
-    ``class_source`` is the rank's ``ClassSource`` (``RandomClasses`` publishes nothing).
-    Returns the number of classes refreshed (0 when ``stale`` is empty).
+    ``class_source`` is the rank's ``ClassSource`` (``RandomClasses`` publishes nothing). Bad
+    samples are skipped and counted in the loader's ``skipped_samples``. Returns the number of classes refreshed (0 when ``stale`` is empty).
     """
     if not stale:
         return 0
@@ -108,8 +122,17 @@ def refresh_stale_classes(
     class_ids = ClassIds.of_loader(loader)
     pairs = refresh_samples(config.train.seed, step, mine, loader.class_sizes, images_per_class)
     index_pairs = list(zip(class_ids.class_index_of([p for p, _ in pairs]), [s for _, s in pairs], strict=True))
+    data = config.data
     class_index_M, emb_MD = embed_samples(
-        model, loader.shards, index_pairs, config.data.decode_size, config.data.channels, device, dtype
+        model,
+        loader.shards,
+        index_pairs,
+        data.decode_size,
+        data.channels,
+        device,
+        dtype,
+        loader.bad,
+        data.resize_filter,
     )
     classes_M = np.asarray(class_ids.bank_pos_of(class_index_M.tolist()), dtype=np.int64)
     # Fixed-size rows so the all-gather lines up; rows of missing samples keep class -1.

@@ -35,7 +35,9 @@ A schedule sets the mined share: 0 before ``warmup_steps``, then rising linearly
 Fault tolerance: the service saves its state to ``checkpoint_path`` every ``save_every_steps``
 steps and whenever the training side checkpoints (``save``); Ray restarts a dead actor with the
 same constructor arguments, and the constructor restores that file. While it is down, the client
-falls back to random classes (``mining/client.py``).
+falls back to random classes (``mining/client.py``). A file that cannot be restored (torn by a
+crash, corrupt, another run's) is not fatal, or Ray would restart the actor into the same error
+for ever: the service starts fresh with a warning, counted in ``stats()["fresh_starts"]``.
 """
 
 from __future__ import annotations
@@ -76,25 +78,36 @@ class MiningService:
         seed: int,
         checkpoint_path: str | None = None,
     ):
-        self.bank = ClassBank(num_classes, dim, config.momentum)
         self.config = config
         self.seed = seed
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.fresh_starts = 0  # state files that could not be restored
+        self._start_empty(num_classes, dim)
+        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            try:
+                self.restore(str(self.checkpoint_path))
+            except Exception as err:  # torn, corrupt or another run's: any failure means the file is unusable
+                log.warning(
+                    "mining: cannot restore %s (%s: %s); the service starts fresh",
+                    self.checkpoint_path,
+                    type(err).__name__,
+                    err,
+                )
+                self.fresh_starts += 1
+                self._start_empty(num_classes, dim)  # a failed restore may have set part of the state
+
+    def _start_empty(self, num_classes: int, dim: int) -> None:
+        """The state of a service that has seen nothing."""
+        self.bank = ClassBank(num_classes, dim, self.config.momentum)
         self.restored_step: int | None = None
         self.latest_step = 0  # newest step published (applied or queued)
         self.applied_step = -1  # the bank holds every publish of steps <= this
         self.queue: list[tuple[int, np.ndarray, np.ndarray]] = []  # publishes not applied yet, in order
         self.answers: dict[int, MiningAnswer] = {}  # the last KEEP_ANSWERS answers, by step
-        self.graph_schedule = GraphSchedule(config.graph_rebuild_steps, config.num_neighbours, seed)
+        self.graph_schedule = GraphSchedule(self.config.graph_rebuild_steps, self.config.num_neighbours, self.seed)
         self.num_selections = 0
         self._last_save_step = 0
         self._selection_seconds: list[float] = []
-        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            try:
-                self.restore(str(self.checkpoint_path))
-            except (OSError, ValueError, KeyError) as err:  # another run's file or a torn one: start empty
-                log.warning("mining: cannot restore %s (%s); starting empty", self.checkpoint_path, err)
-                self.bank = ClassBank(num_classes, dim, config.momentum)
 
     @property
     def uses_graph(self) -> bool:
@@ -288,5 +301,6 @@ class MiningService:
             "graph_method": graph.method if graph else None,
             "bank_bytes": int(self.bank.embeddings.nbytes + self.bank.last_step.nbytes),
             "restored_step": self.restored_step,
+            "fresh_starts": self.fresh_starts,
             "checkpoint_path": str(self.checkpoint_path) if self.checkpoint_path else None,
         }

@@ -1,5 +1,8 @@
 """Embedding networks: backbone + linear head -> unnormalized embedding [B, D].
 
+``model.backbone`` is ``small_cnn`` (below) or ``timm/NAME``, any timm model
+(``timm_backbone.py``); ``build_model`` gives either its first weights (``weights.py``).
+
 ``small_cnn`` is a conv net for small images: per stage conv3x3 -> norm -> ReLU -> 2x2 max-pool
 (``model.channels`` sets depth and widths), then pooling and a linear head.
 - ``model.norm: group`` (GroupNorm) keeps every sample's embedding independent of its batch;
@@ -14,15 +17,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from dml_dist.config import ModelConfig
+from dml_dist.config import DataConfig, ModelConfig
 from dml_dist.models.global_batchnorm import GlobalBatchNorm2d
-
-BACKBONES = ("small_cnn", "resnet50", "bn_inception", "googlenet")
+from dml_dist.models.input_config import per_channel
+from dml_dist.models.timm_backbone import TimmEmbedder, create_timm_model
+from dml_dist.models.weights import HUB_PREFIX, hub_backbone, load_run_weights, load_weights_file
 
 
 class SmallConvEmbedder(nn.Module):
@@ -52,64 +54,48 @@ class SmallConvEmbedder(nn.Module):
         return self.head(features_BF)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+def build_model(config: ModelConfig, data: DataConfig | None = None) -> nn.Module:
+    """The embedder of ``config`` with its first weights (``pretrained``, then ``init_from``).
 
-
-class PooledEmbedder(nn.Module):
-    """An ImageNet backbone (``models/backbones.py``) with global pooling and a linear head.
-
-    Images arrive in [-1, 1] (``data/images.py``); RGB input is mapped to the usual ImageNet
-    convention, (x01 - mean) / std per channel, which is what pretrained weights expect
-    (weights converted from a framework with another convention, such as Caffe's BGR 0-255,
-    need that convention folded into their first convolution).
+    ``data``: the input settings of a timm backbone (``data.mean`` / ``data.std``; null or no
+    ``data``: the model's timm data config, ``models/input_config.py``).
     """
-
-    def __init__(self, backbone: nn.Module, num_features: int, embedding_dim: int, in_channels: int = 3):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(num_features, embedding_dim)
-        mean = torch.tensor(IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels)
-        std = torch.tensor(IMAGENET_STD if in_channels == 3 else (0.5,) * in_channels)
-        self.register_buffer("pixel_mean", mean[None, :, None, None], persistent=False)
-        self.register_buffer("pixel_std", std[None, :, None, None], persistent=False)
-
-    def forward(self, images_BCHW: torch.Tensor) -> torch.Tensor:
-        mean: torch.Tensor = self.pixel_mean  # type: ignore[assignment]
-        std: torch.Tensor = self.pixel_std  # type: ignore[assignment]
-        normalized = ((images_BCHW + 1.0) / 2.0 - mean) / std
-        return self.head(self.backbone(normalized))
-
-
-def check_pretrained_weights(config: ModelConfig) -> None:
-    """``ValueError`` saying how to provide the weights when ``model.pretrained`` names no file."""
-    if config.pretrained is None or Path(config.pretrained).is_file():
-        return
-    from dml_dist.models import backbones
-
     if config.backbone == "small_cnn":
-        raise ValueError("model.pretrained: small_cnn has no pretrained weights; set it to null")
-    factory = {"resnet50": backbones.ResNet50, "bn_inception": backbones.bn_inception, "googlenet": backbones.googlenet}
-    backbones.load_pretrained(factory[config.backbone](config.in_channels), config.pretrained, config.backbone)
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    if config.backbone not in BACKBONES:
-        raise ValueError(f"model.backbone: unknown backbone {config.backbone!r}; valid: {', '.join(BACKBONES)}")
-    if config.backbone == "small_cnn":
-        if config.pretrained is not None:
-            raise ValueError("model.pretrained: small_cnn has no pretrained weights; set it to null")
-        return SmallConvEmbedder(
+        if data is not None and (data.mean is not None or data.std is not None):
+            raise ValueError(
+                "data.mean: small_cnn takes images in [-1, 1] as decoded; set data.mean and data.std to null"
+            )
+        model: nn.Module = SmallConvEmbedder(
             config.channels, config.embedding_dim, config.in_channels, norm=config.norm, pool_grid=config.pool_grid
         )
-    from dml_dist.models import backbones
+    else:
+        model = _timm_embedder(config, data)
+    if config.init_from is not None:
+        load_run_weights(model, config.init_from)
+    return model
 
-    factory = {"resnet50": backbones.ResNet50, "bn_inception": backbones.bn_inception, "googlenet": backbones.googlenet}
-    backbone = factory[config.backbone](in_channels=config.in_channels)
-    if config.pretrained is not None:
-        backbones.load_pretrained(backbone, config.pretrained, config.backbone)
-    num_features: int = backbone.num_features  # type: ignore[assignment]
-    return PooledEmbedder(backbone, num_features, config.embedding_dim, config.in_channels)
+
+def _timm_embedder(config: ModelConfig, data: DataConfig | None) -> TimmEmbedder:
+    source, kwargs = config.pretrained, config.backbone_args
+    if source is True or (isinstance(source, str) and source.startswith(HUB_PREFIX)):
+        hub_id = source.removeprefix(HUB_PREFIX) if isinstance(source, str) else None
+        backbone = hub_backbone(config.backbone, config.in_channels, kwargs, hub_id)
+    else:
+        backbone = create_timm_model(config.backbone, config.in_channels, kwargs)
+        if isinstance(source, str):
+            load_weights_file(backbone, source, config.backbone)
+    from timm.data import resolve_data_config
+
+    timm_config = resolve_data_config({}, model=backbone)
+    mean = data.mean if data is not None and data.mean is not None else timm_config["mean"]
+    std = data.std if data is not None and data.std is not None else timm_config["std"]
+    return TimmEmbedder(
+        backbone,
+        config.embedding_dim,
+        per_channel(mean, config.in_channels),
+        per_channel(std, config.in_channels),
+        batch_norm=config.batch_norm,
+    )
 
 
 class EmbedderWithLoss(nn.Module):
@@ -117,12 +103,19 @@ class EmbedderWithLoss(nn.Module):
 
     Some losses learn parameters (the margin loss's beta); holding the loss here puts them in
     the engine's optimizer and gradient reduction with the embedder's. ``forward`` embeds.
+    Evaluation calls the embedder itself, in the engine's dtype.
     """
 
-    def __init__(self, embedder: nn.Module, loss: nn.Module):
+    def __init__(self, embedder: nn.Module, loss: nn.Module, autocast_bf16: bool = False):
         super().__init__()
         self.embedder = embedder
         self.loss = loss
+        self.autocast_bf16 = autocast_bf16
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embedder(images)
+        """Embeddings; with ``autocast_bf16`` and CUDA input, computed under bf16 autocast (fp32
+        weights: ``engine.precision: autocast``) and returned in fp32."""
+        enabled = self.autocast_bf16 and images.is_cuda
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=enabled):
+            emb = self.embedder(images)
+        return emb.float() if enabled else emb

@@ -47,6 +47,12 @@ KNOWN_LOG_NOTICES: tuple[tuple[str, str], ...] = (
         "and the README says so). Setting RAY_AUTH_MODE=token ourselves would silence it only when "
         "ray is not yet imported (Ray caches the mode), so the notice is held at ERROR instead.",
     ),
+    (
+        "torch.utils.cpp_extension",
+        "With torch's standard (CUDA-capable) build on a machine without CUDA, DeepSpeed's CPU ops "
+        "import torch's extension builder, which warns 'No CUDA runtime is found' in every worker. "
+        "The CPU ops need no CUDA runtime: nothing to act on.",
+    ),
 )
 """(logger, why): library loggers held at ERROR below DEBUG/INFO: notices nobody acts on."""
 
@@ -140,5 +146,12 @@ def local_ray_env() -> dict[str, str]:
     ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``: one machine has no node to be preempted, and the
     watcher's actor logs a ``core_worker.cc ... E`` line when it starts. (Read by Ray Train's
     controller, a process the new instance starts, so it may be set after ``import ray``.)
+
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: the node's address is the loopback one (Ray's
+    one-machine mode, despite the name: on Linux it defaults to 1, a node reachable from other
+    machines), so every endpoint of the instance listens on 127.0.0.1 only: GCS, raylet, the
+    dashboard agent and the metrics export, which answers without authentication. Ray reads it
+    when ``ray`` is imported, so it must be set before that (``dml-dist train`` does;
+    ``tests/integration/test_exposure.py`` checks the listening addresses of a local run).
     """
-    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}

@@ -20,11 +20,15 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
 - ``ray_dml_dist_step_phase_seconds{phase=...}`` (histogram): time in data, forward,
   all_gather, loss, backward and optimizer;
 - ``ray_dml_dist_loss``: global loss of the last step;
+- ``ray_dml_dist_learning_rate``: learning rate of the last step; samples/s per worker is
+  ``sum by (run, rank) (rate(ray_dml_dist_samples_total[1m]))``;
 - ``ray_dml_dist_memory_peak_rss_bytes``, ``ray_dml_dist_memory_gpu_peak_bytes`` (GPU workers);
 - ``ray_dml_dist_mining_refresh_age_steps{stat="max"|"mean"}``: age of the class bank;
 - ``ray_dml_dist_mining_selection_seconds``: time the service took to pick the last batch;
 - ``ray_dml_dist_mining_fallbacks_total``: steps that used random classes (service slow, dead,
   or not warm yet);
+- ``ray_dml_dist_mining_skipped_saves_total``: checkpoints that went on without the mining
+  service's state (it was late or failed; ``mining/client.py``);
 - ``ray_dml_dist_mining_negative_similarity``: mean over the last batch's classes of the cosine
   similarity (by the class bank) to the closest other class of the batch;
 - ``ray_dml_dist_eval_recall{k="1"...}``: the last held-out Recall@K;
@@ -69,6 +73,9 @@ class NullMetrics:
     def observe_data_skips(self, count: int) -> None:
         pass
 
+    def observe_mining_skipped_saves(self, count: int) -> None:
+        pass
+
 
 class RayMetrics(NullMetrics):
     """Records this worker's series with ``ray.util.metrics`` (call inside a Ray worker)."""
@@ -89,6 +96,9 @@ class RayMetrics(NullMetrics):
         self._steps = counter("dml_dist_steps", "Training steps done")
         self._fallbacks = counter("dml_dist_mining_fallbacks", "Steps that used random classes (slow, dead, cold)")
         self._data_skips = counter("dml_dist_data_skipped_samples", "Training samples skipped as bad data")
+        self._skipped_saves = counter(
+            "dml_dist_mining_skipped_saves", "Checkpoints without the mining service's state (late or failed)"
+        )
         self._step = Histogram(
             "dml_dist_step_seconds", description="Wall time of a step", boundaries=STEP_BUCKETS_S, tag_keys=keys
         )
@@ -99,6 +109,7 @@ class RayMetrics(NullMetrics):
             tag_keys=(*keys, "phase"),
         )
         self._loss = gauge("dml_dist_loss", "Global loss of the last step")
+        self._lr = gauge("dml_dist_learning_rate", "Learning rate of the last step")
         self._rss = gauge("dml_dist_memory_peak_rss_bytes", "Peak resident memory of this worker")
         self._gpu_memory = gauge("dml_dist_memory_gpu_peak_bytes", "Peak GPU memory allocated by torch")
         self._age = gauge("dml_dist_mining_refresh_age_steps", "Steps since class embeddings were refreshed", ("stat",))
@@ -123,6 +134,8 @@ class RayMetrics(NullMetrics):
     def observe_step(self, row: StepMetrics) -> None:
         tags = self._tags
         self._loss.set(row.loss, tags=tags)
+        if row.lr is not None:
+            self._lr.set(row.lr, tags=tags)
         self._samples.inc(row.local_samples, tags=tags)
         self._steps.inc(1, tags=tags)
         self._step.observe(row.step_seconds, tags=tags)
@@ -164,3 +177,7 @@ class RayMetrics(NullMetrics):
     def observe_data_skips(self, count: int) -> None:
         if count > 0:
             self._data_skips.inc(count, tags=self._tags)
+
+    def observe_mining_skipped_saves(self, count: int) -> None:
+        if count > 0:
+            self._skipped_saves.inc(count, tags=self._tags)

@@ -125,9 +125,12 @@ def format_step_line(
     elapsed_seconds: float,
     mined: bool | None = None,
     start_step: int = 0,
+    lr: float | None = None,
+    workers: int = 1,
 ) -> str:
-    """One training line, e.g.
-    ``step 120/300  loss 3.0412  980 samples/s  0.261 s/step  mined  elapsed 41s  ETA 1m02s``.
+    """One training line, e.g. ``step 120/300  loss 3.0412  lr 1.00e-03  980 samples/s (490/worker)
+    0.261 s/step  mined  elapsed 41s  ETA 1m02s`` (``lr`` None: not shown; ``workers``: the rate per
+    worker is the global rate over them).
 
     ``elapsed_seconds`` counts from ``start_step`` (0, or the step a resumed run restarted at),
     so the ETA is the mean time per step so far times the steps left; at ``step == steps`` the
@@ -138,7 +141,8 @@ def format_step_line(
     parts = [
         f"step {step:>{width}}/{steps}",
         f"loss {loss:.4f}",
-        f"{samples_per_second:,.0f} samples/s",
+        *([f"lr {lr:.2e}"] if lr is not None else []),
+        f"{samples_per_second:,.0f} samples/s ({samples_per_second / workers:,.0f}/worker)",
         f"{step_seconds:.3f} s/step",
     ]
     if mined is not None:

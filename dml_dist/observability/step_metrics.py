@@ -22,6 +22,7 @@ class StepMetrics:
     loss: float
     """Global loss of the step."""
     samples_per_second: float
+    """Global samples per second of the step (every worker's together)."""
     global_batch: int
     """Samples of the global batch (N x K)."""
     local_samples: int
@@ -35,6 +36,8 @@ class StepMetrics:
     """Seconds in forward, all_gather, loss, backward, optimizer (``train/step.py``)."""
     mined: bool = False
     fallbacks: int = 0
+    mining_skipped_saves: int = 0
+    """Checkpoints so far (in this process) that went on without the mining service's state."""
     refresh_age_max: float | None = None
     negative_similarity: float | None = None
     violation_rate: float | None = None
@@ -42,6 +45,15 @@ class StepMetrics:
     hard_share: float | None = None
     memory: dict[str, float] = field(default_factory=dict)
     """Cross-batch memory figures (``memory_fill``, ...); empty when the memory is off."""
+    lr: float | None = None
+    """Learning rate the step used (after scaling and the schedule)."""
+    workers: int = 1
+    """Ray Train workers sharing the global batch."""
+
+    @property
+    def samples_per_second_per_worker(self) -> float:
+        """The step's global rate over the workers (what one GPU or CPU slot does)."""
+        return self.samples_per_second / self.workers
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.jsonl`` row."""
@@ -49,6 +61,8 @@ class StepMetrics:
             "step": self.step,
             "loss": self.loss,
             "samples_per_second": self.samples_per_second,
+            "samples_per_second_per_worker": self.samples_per_second_per_worker,
+            "lr": self.lr,
             "global_batch": self.global_batch,
             "skipped": self.skipped,
             "skipped_steps": self.skipped_steps,
@@ -57,6 +71,7 @@ class StepMetrics:
             **{f"{name}_seconds": value for name, value in self.phase_seconds.items()},
             "mined": self.mined,
             "fallbacks": self.fallbacks,
+            "mining_skipped_saves": self.mining_skipped_saves,
             "refresh_age_max": self.refresh_age_max,
             "negative_similarity": self.negative_similarity,
             "violation_rate": self.violation_rate,

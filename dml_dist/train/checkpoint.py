@@ -11,7 +11,9 @@ mining bank of the same step sit in one sealed directory: a resume never pairs t
 
 On a restart, ``ray.train.get_checkpoint()`` names the latest reported checkpoint; a checkpoint
 without the manifest, or whose files do not match it (truncated, corrupted, deleted), is
-skipped by ``latest_good`` with a message naming the problem, and the previous good one is used.
+skipped by ``intact_checkpoints`` with a message naming the problem, and the previous good one
+is used. That check is written once, over a ``pyarrow.fs`` file system, so a shared directory
+and a URI storage are judged alike; ``train/resume.py`` has rank 0 choose and every rank verify.
 
 Loading goes through ``SafeCheckpointEngine``: ``torch.load(weights_only=True)`` with an
 explicit allowlist of the few DeepSpeed classes its files contain, instead of DeepSpeed's
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,37 +76,75 @@ def write_manifest(directory: Path, step: int, files: dict[str, dict[str, Any]] 
     write_json_atomic(directory / MANIFEST, {"step": step, "files": files}, indent=1)
 
 
-def verify(directory: Path) -> str | None:
-    """None when the checkpoint is complete and intact, else what is wrong with it."""
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        return "no complete.json (the save did not finish)"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return "complete.json is not valid JSON"
-    for name, expected in manifest["files"].items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{name} has {path.stat().st_size} bytes, expected {expected['size']} (truncated?)"
-        if _sha256(path) != expected["sha256"]:
-            return f"{name} does not match its checksum (corrupted)"
-    return None
+def verify(directory: Path | str, fs: Any = None, hashes: bool = True) -> str | None:
+    """None when the checkpoint is complete and intact, else what is wrong with it.
+
+    ``directory`` is on ``fs`` (a ``pyarrow.fs`` file system; None: this machine's). Every file
+    the manifest lists must exist with its size and, with ``hashes``, its SHA-256.
+    """
+    return _check(*_on(fs, directory), hashes)[0]
 
 
-def latest_good(checkpoint_dir: Path) -> GoodCheckpoint | None:
-    """The newest intact checkpoint, saying which newer ones were skipped and why."""
-    if not checkpoint_dir.is_dir():
-        return None
-    tags = sorted((p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX)), reverse=True)
-    for directory in tags:
-        problem = verify(directory)
+def intact_checkpoints(parent: Path | str, fs: Any = None, hashes: bool = True) -> Iterator[GoodCheckpoint]:
+    """The intact checkpoints under ``parent`` (on ``fs``, as in ``verify``), newest first, saying
+    which newer ones were skipped and why. The one definition of "latest intact checkpoint" for a
+    shared directory and a URI storage alike (``latest_good``; ``train/resume.py``)."""
+    import pyarrow.fs as pafs
+
+    fs, root = _on(fs, parent)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    tags = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(PREFIX))
+    for tag in reversed(tags):
+        problem, step = _check(fs, f"{root}/{tag}", hashes)
         if problem is None:
-            return GoodCheckpoint(directory.name, int(json.loads((directory / MANIFEST).read_text())["step"]))
-        print(f"checkpoint: skipping {directory}: {problem}", file=sys.stderr, flush=True)
-    return None
+            yield GoodCheckpoint(tag, step)
+        else:
+            print(f"checkpoint: skipping {root}/{tag}: {problem}", file=sys.stderr, flush=True)
+
+
+def latest_good(parent: Path | str, fs: Any = None, hashes: bool = True) -> GoodCheckpoint | None:
+    """The newest intact checkpoint under ``parent`` (``intact_checkpoints``), or None."""
+    return next(intact_checkpoints(parent, fs, hashes), None)
+
+
+def _on(fs: Any, where: Path | str) -> tuple[Any, str]:
+    """(file system, path on it without a trailing slash): this machine's for ``fs=None``."""
+    if fs is not None:
+        return fs, str(where).rstrip("/")
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem(), str(Path(where).absolute())
+
+
+def _check(fs: Any, root: str, hashes: bool) -> tuple[str | None, int]:
+    """(what is wrong with the checkpoint at ``root`` or None, its step from the manifest)."""
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(f"{root}/{MANIFEST}").type != pafs.FileType.File:
+        return "no complete.json (the save did not finish)", 0
+    with fs.open_input_stream(f"{root}/{MANIFEST}") as stream:
+        try:
+            manifest = json.loads(stream.read())
+        except json.JSONDecodeError:
+            return "complete.json is not valid JSON", 0
+    listed = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    sizes = {i.path[len(root) :].lstrip("/"): i.size for i in listed if i.type == pafs.FileType.File}
+    for name, expected in manifest["files"].items():
+        if name not in sizes:
+            return f"{name} is missing", 0
+        if sizes[name] != expected["size"]:
+            return f"{name} has {sizes[name]} bytes, expected {expected['size']} (truncated?)", 0
+        if hashes and _sha256_on(fs, f"{root}/{name}") != expected["sha256"]:
+            return f"{name} does not match its checksum (corrupted)", 0
+    return None, int(manifest["step"])
+
+
+def _sha256_on(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def has_checkpoints(checkpoint_dir: Path) -> bool:

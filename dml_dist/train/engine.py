@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from dml_dist.config import EngineConfig
+from dml_dist.models.param_groups import parameter_groups
 
 
 def uses_bf16(config: EngineConfig, use_gpu: bool) -> bool:
@@ -37,10 +38,16 @@ def uses_bf16(config: EngineConfig, use_gpu: bool) -> bool:
 
 
 def deepspeed_config(
-    config: EngineConfig, micro_batch: int, use_gpu: bool, with_optimizer: bool = True, total_steps: int = 0
+    config: EngineConfig,
+    micro_batch: int,
+    use_gpu: bool,
+    with_optimizer: bool = True,
+    total_steps: int = 0,
+    group_lrs: list[float] | None = None,
 ) -> dict[str, Any]:
     """The DeepSpeed JSON config for one optimizer step per global batch (``total_steps``: the
-    length of the learning-rate schedule)."""
+    length of the learning-rate schedule; ``group_lrs``: the peak rate of each parameter group,
+    when they differ)."""
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
@@ -56,13 +63,14 @@ def deepspeed_config(
         ds["optimizer"] = {"type": config.optimizer, "params": params}
     else:
         ds["zero_allow_untested_optimizer"] = True  # a client torch optimizer (tests: plain SGD)
-    scheduler = _scheduler(config, total_steps)
+    scheduler = _scheduler(config, total_steps, group_lrs)
     if scheduler is not None:
         ds["scheduler"] = scheduler
     return merge_config(ds, config.deepspeed)
 
 
-def _scheduler(config: EngineConfig, total_steps: int) -> dict[str, Any] | None:
+def _scheduler(config: EngineConfig, total_steps: int, group_lrs: list[float] | None) -> dict[str, Any] | None:
+    """WarmupCosineLR scales each group's own lr; WarmupDecayLR needs each group's peak (a list)."""
     if config.schedule == "constant":
         return None
     if total_steps <= config.warmup_steps:
@@ -80,7 +88,7 @@ def _scheduler(config: EngineConfig, total_steps: int) -> dict[str, Any] | None:
         "total_num_steps": total_steps,
         "warmup_num_steps": config.warmup_steps,
         "warmup_min_lr": 0.0,
-        "warmup_max_lr": config.lr,
+        "warmup_max_lr": group_lrs if group_lrs else config.lr,
         "warmup_type": "linear",
     }
     return {"type": "WarmupDecayLR", "params": params}
@@ -109,19 +117,27 @@ def build_engine(
     """Wrap ``model`` in a DeepSpeed engine on an already initialised process group.
 
     ``optimizer`` replaces the configured one (tests use plain SGD to read gradients off a step).
+    The configured optimizer gets parameter groups (``models/param_groups.py``): the backbone at
+    lr x ``backbone_lr_mult``, no weight decay on norms and biases.
     """
     os.environ.setdefault("LOCAL_RANK", str(local_rank))
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
+    groups = parameter_groups(model, config.lr, config.weight_decay, config.backbone_lr_mult)
     with _without_build_notice():
         engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            model_parameters=groups,
             optimizer=optimizer,
             config=deepspeed_config(
-                config, micro_batch, use_gpu, with_optimizer=optimizer is None, total_steps=total_steps
+                config,
+                micro_batch,
+                use_gpu,
+                with_optimizer=optimizer is None,
+                total_steps=total_steps,
+                group_lrs=[group["lr"] for group in groups],
             ),
             dist_init_required=False,
         )

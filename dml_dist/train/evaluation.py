@@ -4,7 +4,9 @@ At step 0 (the untrained model), every ``train.eval_every`` steps and at the las
 embeds the held-out shards and measures retrieval (``eval/heldout.py``). ``eval.json`` holds the
 latest result, the untrained one, every metric of the report and the history of Recall@K by
 step (a resumed run keeps the history up to its step, ``train/resume.py``); the last step also
-writes the gallery of retrievals. The last result also reaches Prometheus and
+writes the gallery of retrievals. A bad held-out sample (undecodable image, corrupt tar member)
+is skipped and counted (``metrics.extra.skipped_samples`` in ``eval.json``), never fatal; a
+storage error fails the step (``data/bad_data.py``). The last result also reaches Prometheus and
 ``ray.train.report`` (``train/reporting.py``).
 """
 
@@ -80,7 +82,10 @@ class HeldOutEvaluator:
         result.write(self.run_dir / run_files.EVAL)
         self.last_eval = result.to_json()  # Ray reports the JSON form (train/reporting.py)
         table = format_recall_table({"untrained": result.untrained_recall, f"step {step}": recall})
+        skipped = held.report.extra.get("skipped_samples", 0)
+        said = f", {skipped} bad samples skipped" if skipped else ""
         print(
-            f"eval at step {step} ({time.perf_counter() - started:.1f} s, {labels.shape[0]} held-out images):\n{table}",
+            f"eval at step {step} ({time.perf_counter() - started:.1f} s, {labels.shape[0]} held-out images{said}):\n"
+            f"{table}",
             flush=True,
         )

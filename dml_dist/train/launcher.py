@@ -21,16 +21,18 @@ from typing import Any
 from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import save_config
 from dml_dist.config.schema import ExperimentConfig
-from dml_dist.data.datasets import resolve_data
+from dml_dist.data.datasets import DataPaths, resolve_data
 from dml_dist.data.shard_layout import CLASS_INDEX, is_complete, read_manifest
 from dml_dist.data.tar_stream import is_remote
 from dml_dist.losses import build_loss
 from dml_dist.mining.actor import BANK_FILE, start_mining_actor
-from dml_dist.models.embedder import check_pretrained_weights
+from dml_dist.models.input_config import resolve_input
 from dml_dist.observability.logging import library_level, worker_env
-from dml_dist.train import checkpoint, run_files, uri_storage
-from dml_dist.train.errors import TrainingStopped
-from dml_dist.train.loop import NONFINITE_MARK, WorkerPlan, train_loop_per_worker
+from dml_dist.train import run_directory, run_files, run_lease, uri_storage
+from dml_dist.train.errors import STOPPED, TrainingStopped
+from dml_dist.train.loop import WorkerPlan, train_loop_per_worker
+from dml_dist.train.model_sources import check_weights
+from dml_dist.train.preflight import Demand, check_resources, connect_ray
 from dml_dist.train.storage import SharedPath, check_nodes_see
 
 
@@ -45,21 +47,28 @@ def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
 REPORT_POLL_SECONDS = "0.2"
 
 
-def init_ray(address: str | None, cpus: int) -> None:
+def init_ray(address: str | None, cpus: int, run: str | None = None) -> None:
     """Join the cluster at ``address`` (else ``RAY_ADDRESS``), or start a local Ray instance with
-    room for the workers."""
+    room for the workers. ``run``: the run's name, put in the Ray job's metadata.
+
+    A joined cluster gets this client's token when one exists (``jobs.enable_token_auth``), and a
+    refused token is one line, not a traceback (``preflight.connect_ray``)."""
     import ray
+
+    from dml_dist.jobs import enable_token_auth
 
     # Ray Train V2 tees worker prints into its logger, which shows every line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    job_config = ray.job_config.JobConfig(metadata={run_files.RUN_METADATA_KEY: run} if run else None)
     if address:
         # RAY_ADDRESS in the job's environment lets Ray Train's helper actors find this cluster
         # when other Ray instances run on the same machine.
         env = {**worker_env(), "RAY_ADDRESS": address}
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
+        enable_token_auth()
+        connect_ray(address, log_to_driver=True, runtime_env={"env_vars": env}, job_config=job_config)
     else:
         # The dashboard (on 127.0.0.1) also serves the State API that Ray Train polls.
         ray.init(
@@ -68,6 +77,7 @@ def init_ray(address: str | None, cpus: int) -> None:
             dashboard_host="127.0.0.1",
             log_to_driver=True,
             runtime_env={"env_vars": worker_env()},
+            job_config=job_config,
         )
 
 
@@ -75,35 +85,65 @@ def run_training(
     config: ExperimentConfig,
     run_dir: Path | str,
     address: str | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     callbacks: list[Any] | None = None,
+    allow_changes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train as configured; returns the final figures (held-out Recall@K now and untrained,
     placement of the workers, mean samples/s, train time) from the trainer's ``Result``.
 
-    ``resume`` continues the run in ``run_dir`` from its latest intact checkpoint; without it a
-    run directory that already holds checkpoints is refused, so nothing written is overwritten.
+    The run holds ``run_dir``'s lease while it lives (``run_lease.py``): a second run into it is
+    refused. ``resume`` (True, or ``"auto"``: when a checkpoint exists) continues the run in
+    ``run_dir`` from its latest intact checkpoint, refusing config changes that
+    ``allow_changes`` does not name; a fresh run needs a new or empty ``run_dir``
+    (``run_directory.py``), so nothing another run wrote is overwritten.
     ``callbacks`` are Ray Train callbacks (``dml-dist tune`` passes Ray Tune's report callback).
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
+    config = resolve_input(config)  # a timm backbone's input size, mean, std, filter: into config.yaml
     paths = resolve_data(config.data)
     num_train_classes = _usable_classes(config, paths.train)
     check_batch_fits(config, num_train_classes)
-    check_pretrained_weights(config.model)  # before Ray starts: one clear line, not a worker traceback
-    remote = uri_storage.is_uri(str(run_dir))
+    check_weights(config)  # before Ray starts: one clear line, not a worker traceback
     run_uri = str(run_dir)
+    # The run directory is claimed first, before Ray starts: a second run into it fails at once.
+    lease = run_lease.Lease(run_uri if uri_storage.is_uri(run_uri) else Path(run_dir).resolve())
+    lease.acquire()
+    try:
+        resume = run_directory.claim(lease.run_dir, config, resume, allow_changes)
+        return _train_holding_lease(config, paths, num_train_classes, run_uri, address, resume, callbacks, lease)
+    finally:
+        lease.release()
+
+
+def _train_holding_lease(
+    config: ExperimentConfig,
+    paths: DataPaths,
+    num_train_classes: int,
+    run_uri: str,
+    address: str | None,
+    resume: bool,
+    callbacks: list[Any] | None,
+    lease: run_lease.Lease,
+) -> dict[str, Any]:
+    """``run_training`` once this run holds the run directory ``run_uri`` (a path or a URI)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    remote = uri_storage.is_uri(run_uri)
+    job_name = run_files.run_name(run_uri)  # the run's one name: Ray Train, Prometheus, the train: line, the Ray job
+    init_ray(address, int(config.train.workers * _worker_resources(config)["CPU"]), job_name)
+    lease.set_ray_job(_ray_job_id())
+    check_resources(
+        Demand(config.train.workers, _worker_resources(config), strict_spread=config.train.placement == "STRICT_SPREAD")
+    )  # before the run's files: a cluster that can never hold the workers fails now, not after a wait
     # With a URI run directory the driver writes its files into a local mirror and uploads them.
     mirror = uri_storage.RunMirror(run_uri, fresh=True, kind="driver") if remote else None
-    run_dir = mirror.local if mirror is not None else Path(run_dir).resolve()
-    _check_resume(run_uri if remote else run_dir / run_files.CHECKPOINTS, resume)
+    run_dir = mirror.local if mirror is not None else Path(run_uri).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume:  # a fresh run; with --resume auto, over an earlier attempt that saved no checkpoint
         (run_dir / run_files.METRICS).unlink(missing_ok=True)
     save_config(config, run_dir / run_files.CONFIG)
-    init_ray(address, int(config.train.workers * _worker_resources(config)["CPU"]))
     train_shards, eval_shards = str(paths.train), str(paths.eval)
     if remote:
         # Shards the driver holds go to the storage; each node copies them into its own scratch.
@@ -113,7 +153,6 @@ def run_training(
         eval_shards = uri_storage.publish_shards(paths.eval, storage)
         mirror.push([run_files.CONFIG])  # type: ignore[union-attr]
     check_nodes_see(_shared_paths(run_uri if remote else str(run_dir), train_shards, eval_shards, paths.train))
-    job_name = f"{Path(run_uri.split('?')[0]).name}-{uuid.uuid4().hex[:8]}"
     actor = None
     if config.mining.enabled:
         # A fresh run starts with an empty bank; the file is what a restarted actor restores
@@ -121,7 +160,7 @@ def run_training(
         if not resume:
             (run_dir / BANK_FILE).unlink(missing_ok=True)
         actor = start_mining_actor(
-            job_name,
+            f"{job_name}-{uuid.uuid4().hex[:8]}",  # actor names are unique on the cluster; run names need not be
             num_train_classes,
             config.model.embedding_dim,
             config.mining,
@@ -141,9 +180,15 @@ def run_training(
     # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each report would cost up to 2 s of
     # training. The controller reads it from the driver's environment when the trainer below is built.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_SECONDS)
+    # The Ray dashboard's Train view lists a run only with state tracking on (read when the trainer is built).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    ray_parent, ray_name = _ray_train_location(run_uri if remote else str(run_dir))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=plan.__dict__,
+        # The process group's timeout: a rank hung in a collective fails the step (and Ray Train
+        # restarts the workers) after this long, not after Ray's default 1,800 s.
+        torch_config=TorchConfig(timeout_s=int(config.train.collective_timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,
             use_gpu=config.train.use_gpu,
@@ -151,8 +196,10 @@ def run_training(
             placement_strategy=config.train.placement,
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train V2 takes logging_config; mypy reads V1
-            name=run_files.CHECKPOINTS,  # Ray Train's run directory: RUN_DIR/checkpoints/step-NNNNNN
-            storage_path=run_uri if remote else str(run_dir),
+            # Ray Train's run directory is RUN_DIR itself, named as the run; checkpoints go to
+            # RUN_DIR/checkpoints/step-NNNNNN (reporting.report_with_checkpoint names them).
+            name=ray_name,
+            storage_path=ray_parent,
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
             logging_config=LoggingConfig(log_level=library_level()),
@@ -160,21 +207,21 @@ def run_training(
         ),
     )
     print(
-        f"train: {config.train.workers} workers, global batch {config.batch.num_classes} classes x "
-        f"{config.batch.images_per_class} images, {config.train.steps} steps, run dir {run_uri}",
+        f"train: run {job_name}: {config.train.workers} workers, global batch {config.batch.num_classes} classes x "
+        f"{config.batch.images_per_class} images, {config.train.steps} steps, run dir {run_uri}\n"
+        f"train: {paths.describe()}",
         flush=True,
     )
     started = time.perf_counter()
     try:
         fitted = trainer.fit()
-    except Exception as err:
+    except Exception:
         _finish_mining(actor)
-        if NONFINITE_MARK in str(err):
-            reason = str(err)[str(err).index(NONFINITE_MARK) :].splitlines()[0]
-            raise TrainingStopped(reason) from err
         raise
     mining_stats = _finish_mining(actor)
     result: dict[str, Any] = dict(fitted.metrics or {})
+    if result.get(STOPPED):  # the workers ended the run early, on purpose (train/errors.py)
+        raise TrainingStopped(str(result[STOPPED]))
     result["samples_per_second"] = result.get("mean_samples_per_second")
     if mining_stats:
         result["mining"] = mining_stats
@@ -185,20 +232,12 @@ def run_training(
     return result
 
 
-def _check_resume(checkpoints: Path | str, resume: bool) -> None:
-    """Refuse a fresh run over existing checkpoints, and a resume without any (local or URI run)."""
-    if isinstance(checkpoints, str):
-        tags = uri_storage.list_dirs(uri_storage.join(checkpoints, run_files.CHECKPOINTS))
-        found, where = any(t.startswith(checkpoint.PREFIX) for t in tags), checkpoints
-    else:
-        found, where = checkpoint.has_checkpoints(checkpoints), str(checkpoints.parent)
-    if not resume and found:
-        raise ValueError(
-            f"--run-dir {where} already holds checkpoints: pass --resume to continue that run, "
-            "or choose another --run-dir"
-        )
-    if resume and (not found if isinstance(checkpoints, str) else checkpoint.latest_good(checkpoints) is None):
-        raise ValueError(f"--resume: {where} holds no complete checkpoint to resume from")
+def _ray_train_location(run_dir: str) -> tuple[str, str]:
+    """(storage_path, name) of ``RunConfig`` such that Ray Train's run directory is ``run_dir``:
+    its parent, and its last component (``run_files.run_name``). A URI keeps its query."""
+    path, _, query = run_dir.partition("?")
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    return parent + (f"?{query}" if query else ""), run_files.run_name(run_dir)
 
 
 def _shared_paths(run_dir: str, train: str, evaluation: str, driver_train: Path | str) -> list[SharedPath]:
@@ -236,6 +275,12 @@ def _class_sizes(directory: Path) -> list[int]:
     """Images per class of a shard directory, read from its class index (``class_index.json``)."""
     index = json.loads((directory / CLASS_INDEX).read_text())
     return [len(entries) for entries in index["classes"].values()]
+
+
+def _ray_job_id() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_job_id())
 
 
 def _finish_mining(actor: Any) -> dict[str, Any] | None:

@@ -14,6 +14,9 @@ evaluates (``train/evaluation.py``), and at evaluation and checkpoint steps and 
 every rank reports to Ray Train, with its share of the checkpoint at checkpoint steps
 (``train/reporting.py``). Log steps do not report: a report waits for Ray Train's controller to
 poll the workers, so it costs a step's worth of time or more; the live figures go to Prometheus.
+``train.max_nonfinite_steps`` skipped steps in a row (non-finite loss or gradient) end the run:
+every rank saves a checkpoint of the last finite state and returns, the reason in its final
+report (``train/errors.py``), so Ray Train does not retry it like a crash.
 A worker starts from the newest intact checkpoint when there is one (``train/resume.py``). The run's
 files are written by rank 0 into the run directory, on the storage every node mounts
 (``train/run_files.py``), or into a node-local mirror of a URI storage that every report uploads
@@ -37,27 +40,22 @@ from dml_dist.config.loader import config_to_dict
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.distributed import collectives
-from dml_dist.losses import build_loss
 from dml_dist.losses.memory import LossWithMemory, build_memory
 from dml_dist.mining.client import ClassSource, MiningClient, RandomClasses
 from dml_dist.mining.hardness import violation_rate
 from dml_dist.mining.refresh import refresh_stale_classes
-from dml_dist.models import build_model
-from dml_dist.models.embedder import EmbedderWithLoss
+from dml_dist.models.param_groups import frozen_backbone
 from dml_dist.observability.logging import quiet_libraries
 from dml_dist.observability.metrics import NullMetrics, RayMetrics
 from dml_dist.observability.step_metrics import StepMetrics
 from dml_dist.train import reporting, uri_storage
+from dml_dist.train.checkpoint import tag_for
 from dml_dist.train.engine import build_engine, engine_dtype
+from dml_dist.train.errors import STOPPED
 from dml_dist.train.evaluation import HeldOutEvaluator
+from dml_dist.train.model_sources import build_trained
 from dml_dist.train.resume import resume
 from dml_dist.train.step import optimizer_step
-
-NONFINITE_MARK = "non-finite loss:"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many steps in a row had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -121,7 +119,7 @@ class Trainer:
         self.local_batch = config.batch.num_classes // self.world_size * config.batch.images_per_class
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         engine_config = dataclasses.replace(config.engine, lr=config.engine.scaled_lr(config.batch.num_classes))
-        trained = EmbedderWithLoss(build_model(config.model), build_loss(config.loss.name, **config.loss.params))
+        trained = build_trained(config, use_gpu)  # embedder with its first weights, and loss (model_sources.py)
         self.engine = build_engine(
             trained, engine_config, self.local_batch, use_gpu, local_rank, total_steps=config.train.steps
         )
@@ -163,13 +161,17 @@ class Trainer:
             done = step + 1
             last = done == steps
             should_log = _due(done, train.log_every) or last
-            should_checkpoint = _due(done, train.checkpoint_every) or last
+            should_checkpoint = _due(done, train.checkpoint_period()) or last
             should_report = should_checkpoint or _due(done, train.eval_every)
             row = self.train_step(step, should_log)
-            self._count_nonfinite(step, row)
-            if self.rank == 0 and should_log:
+            stop = self._nonfinite_stop(step, row)
+            if self.rank == 0 and (should_log or stop is not None):
                 elapsed = time.perf_counter() - run_started
                 reporting.log_step(self.run_dir, row, steps, elapsed, self.config.mining.enabled, self.start_step)
+            if stop is not None:
+                # Not an exception: Ray Train would retry it like a crash, and diverge again.
+                self.report(done, row, with_checkpoint=True, stopped=stop)
+                return
             if self.rank == 0 and (_due(done, train.eval_every) or last):
                 self.evaluate(step=done)
             if self.rank == 0 and last:
@@ -177,19 +179,22 @@ class Trainer:
             if should_report:
                 self.report(done, row, with_checkpoint=should_checkpoint)
 
-    def _count_nonfinite(self, step: int, row: StepMetrics) -> None:
-        """Skipped steps are counted; too many in a row stop the job with the step and loss."""
+    def _nonfinite_stop(self, step: int, row: StepMetrics) -> str | None:
+        """Skipped steps are counted; too many in a row stop the run: returns why (the step and
+        loss), else None. Every rank returns the same (a step is skipped on all ranks or none)."""
         if not row.skipped:
             self.nonfinite_in_a_row = 0
-            return
+            return None
         self.nonfinite_in_a_row += 1
-        print(f"step {step + 1}: loss {row.loss} or a gradient is not finite; step skipped", flush=True)
-        if self.nonfinite_in_a_row >= self.config.train.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"{NONFINITE_MARK} step {step + 1} had loss {row.loss}, the {self.nonfinite_in_a_row}th step in a "
-                f"row with a non-finite loss or gradient (train.max_nonfinite_steps="
-                f"{self.config.train.max_nonfinite_steps}); lower engine.lr or enable engine.gradient_clipping"
-            )
+        if self.rank == 0:
+            print(f"step {step + 1}: loss {row.loss} or a gradient is not finite; step skipped", flush=True)
+        if self.nonfinite_in_a_row < self.config.train.max_nonfinite_steps:
+            return None
+        return (
+            f"non-finite loss or gradient: step {step + 1} had loss {row.loss}, and {self.nonfinite_in_a_row} steps "
+            f"in a row were skipped (train.max_nonfinite_steps={self.config.train.max_nonfinite_steps}); the last "
+            f"finite state is checkpoint {tag_for(step + 1)}; lower engine.lr or enable engine.gradient_clipping"
+        )
 
     def train_step(self, step: int, should_log: bool) -> StepMetrics:
         """One optimizer step on the global batch; returns its figures (``should_log``: a log step,
@@ -200,13 +205,16 @@ class Trainer:
         self.metrics.observe_mining(answer)
         images, labels = self.load_share(step, answer.classes)
         data_seconds = time.perf_counter() - started
-        result = optimizer_step(
-            self.engine,
-            LossWithMemory(self.loss_fn, self.memory, step),
-            images.to(self.device, self.dtype, non_blocking=True),
-            labels.to(self.device),
-            self.config.batch.chunk_size,
-        )
+        lr = float(self.engine.get_lr()[0])  # the rate this step uses (the scheduler moves it in the step)
+        frozen = step < self.config.model.freeze_backbone_steps  # head warm-up (models/param_groups.py)
+        with frozen_backbone(self.engine.optimizer, self.embedder, frozen):
+            result = optimizer_step(
+                self.engine,
+                LossWithMemory(self.loss_fn, self.memory, step),
+                images.to(self.device, self.dtype, non_blocking=True),
+                labels.to(self.device),
+                self.config.batch.chunk_size,
+            )
         ref_ND, ref_labels_N = result.ref_ND, result.ref_labels_N
         self.skipped_steps += int(result.skipped)
         if not result.skipped:  # the same decision on every rank, so the memories stay identical
@@ -236,12 +244,15 @@ class Trainer:
             phase_seconds=dict(result.seconds),
             mined=answer.mined,
             fallbacks=self.classes.fallbacks,
+            mining_skipped_saves=self.classes.skipped_saves,
             refresh_age_max=answer.refresh_age_max,
             negative_similarity=answer.negative_similarity,
             violation_rate=violation,
             staleness_at_selection_mean=answer.staleness_at_selection_mean,
             hard_share=answer.hard_share,
             memory=self.memory.stats(step + 1),
+            lr=lr,
+            workers=self.world_size,
         )
         self.metrics.observe_step(row)
         return row
@@ -269,9 +280,10 @@ class Trainer:
         """Held-out Recall@K, written to eval.json (rank 0 only; ``train/evaluation.py``)."""
         self.evaluator.evaluate(step)
 
-    def report(self, step: int, row: StepMetrics, with_checkpoint: bool) -> None:
+    def report(self, step: int, row: StepMetrics, with_checkpoint: bool, stopped: str | None = None) -> None:
         """``ray.train.report`` on every rank, with this rank's share of the checkpoint at
-        checkpoint steps (``train/reporting.py``)."""
+        checkpoint steps (``train/reporting.py``); ``stopped``: why the run ends early, which the
+        driver reads from this last report's metrics (``train/errors.py``)."""
         import ray.train
 
         metrics = reporting.ray_metrics(
@@ -282,6 +294,8 @@ class Trainer:
             placement=self.placement,
             run_dir=self.plan.run_dir,
         )
+        if stopped is not None:
+            metrics[STOPPED] = stopped
         if self.rank == 0 and self.mirror is not None:
             self.mirror.push()
         if not with_checkpoint:
@@ -294,7 +308,9 @@ class Trainer:
             "memory": self.memory.state_dict(),
         }
         save_mining = self.classes.save_state if self.rank == 0 else None
+        skipped_before = self.classes.skipped_saves
         reporting.report_with_checkpoint(self.engine, metrics, step, client_state, save_mining)
+        self.metrics.observe_mining_skipped_saves(self.classes.skipped_saves - skipped_before)
 
 
 def _due(done: int, every: int) -> bool:

@@ -49,7 +49,7 @@ def log_step(
     run_files.append_jsonl(run_dir / run_files.METRICS, row.to_json())
     line = format_step_line(
         row.step, steps, row.loss, row.samples_per_second, row.step_seconds, elapsed_seconds,
-        row.mined if mining else None, start_step=start_step,
+        row.mined if mining else None, start_step=start_step, lr=row.lr, workers=row.workers,
     )  # fmt: skip
     print(line, flush=True)
 
@@ -67,6 +67,8 @@ def ray_metrics(
         "step": row.step,
         "loss": row.loss,
         "samples_per_second": row.samples_per_second,
+        "samples_per_second_per_worker": row.samples_per_second_per_worker,
+        "lr": row.lr,
         "step_seconds": row.step_seconds,
         "mean_samples_per_second": mean_samples_per_second,
         "fallbacks": row.fallbacks,
@@ -97,7 +99,8 @@ def report_with_checkpoint(
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-            checkpoint_dir_name=directory.name,
+            # Ray Train's run directory is RUN_DIR (launcher._ray_train_location): checkpoints in RUN_DIR/checkpoints.
+            checkpoint_dir_name=f"{run_files.CHECKPOINTS}/{directory.name}",
         )
 
 

@@ -3,21 +3,25 @@
 ``ray.train.get_checkpoint()`` names the latest reported checkpoint after Ray Train restarts a
 failed worker group, and after ``dml-dist train --resume`` (same run directory, so the same Ray
 Train storage and run name). If that checkpoint does not verify, the newest intact one beside it
-is used (``checkpoint.latest_good``). Every rank restores its engine state and the cross-batch
-memory; rank 0 also restores the class source (the mining service's state of the same step),
-logs the resume to ``resumes.jsonl``, drops the ``metrics.jsonl`` rows after the step (they are
-logged again) and keeps the evaluation history up to the step. On a URI storage the checkpoints
-are copied into node-local scratch, newest first, and rank 0 first replaces its local mirror of
-the run directory by the run's files (``train/uri_storage.py``).
+is used. Rank 0 alone chooses it and broadcasts it, and every rank verifies it before loading
+(``_agreed_checkpoint``), so all ranks load the same step. Every rank restores its engine state
+and the cross-batch memory; rank 0 also restores the class source (the mining service's state of
+the same step), logs the resume to ``resumes.jsonl``, drops the ``metrics.jsonl`` rows after the
+step (they are logged again) and a torn last line of either file (``run_files.drop_torn_tail``),
+and keeps the evaluation history up to the step. On a URI storage the chosen checkpoint is
+copied once per node into scratch private to the run, and removed after loading, and rank 0
+first replaces its local mirror of the run directory by the run's files (``train/uri_storage.py``).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dml_dist.distributed import collectives
 from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.losses.memory import Memory
 from dml_dist.mining.client import ClassSource
@@ -67,24 +71,38 @@ def resume(
     reported = _reported_checkpoint()
     # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
     # sealed checkpoint here is this run's, also one whose report a failure cut short.
-    checkpoints, good = _latest_good(reported, run_dir, plan.run_dir if uri_storage.is_uri(plan.run_dir) else None)
-    if good is None:
+    fs, parent = _checkpoint_parent(reported, run_dir, plan.run_dir)
+    found = _agreed_checkpoint(fs, parent, plan.run_dir)
+    if found is None:
         if plan.resume or reported is not None:
-            raise RuntimeError(f"no intact checkpoint to resume from in {checkpoints}")
+            raise RuntimeError(f"no intact checkpoint to resume from in {parent}")
         return Resumed()
+    checkpoints, good = found
     state = checkpoint.load(engine, checkpoints, good)
     resumed = Resumed(int(state["step"]), int(state.get("skipped_steps", 0)))
     memory.load_state_dict(state.get("memory", {}))
+    mining_file = checkpoints / good.tag / checkpoint.MINING_STATE
+    if rank == 0 and mining_file.is_file():
+        classes.restore_state(str(mining_file))
+    if fs is not None:
+        uri_storage.drop_node_checkpoint(checkpoints, collectives.local_rank() == 0)
+    # What every rank loaded, read from its own files: agreement is checked, not assumed.
+    rank_steps = collectives.all_gather_object(resumed.step)
+    if len(set(rank_steps)) != 1:
+        raise RuntimeError(f"ranks resumed from different steps {rank_steps} ({good.tag} was chosen)")
     if rank != 0:
         return resumed
-    mining_file = checkpoints / good.tag / checkpoint.MINING_STATE
-    if mining_file.is_file():
-        classes.restore_state(str(mining_file))
     step = resumed.step
-    print(f"resuming from {checkpoints / good.tag} at step {step}", flush=True)
+    print(f"resuming from {parent}/{good.tag} at step {step}", flush=True)
     if mirror is not None:
         mirror.pull()
-    run_files.append_jsonl(run_dir / run_files.RESUMES, {"resumed_from": step, "time": time.time()})
+    # A crash may have torn the last line of an appended file: cut it off before appending again.
+    for name in run_files.APPENDED:
+        if run_files.drop_torn_tail(run_dir / name):
+            print(f"resume: dropped the torn last line of {run_dir / name}", flush=True)
+    run_files.append_jsonl(
+        run_dir / run_files.RESUMES, {"resumed_from": step, "time": time.time(), "rank_steps": rank_steps}
+    )
     run_files.truncate_metrics(run_dir / run_files.METRICS, after_step=step)
     eval_file = run_dir / run_files.EVAL
     if eval_file.is_file():
@@ -92,14 +110,43 @@ def resume(
     return resumed
 
 
-def _latest_good(reported: Any, run_dir: Path, run_uri: str | None) -> tuple[Path, checkpoint.GoodCheckpoint | None]:
-    """The local directory holding the newest intact checkpoint, and that checkpoint (or None)."""
-    if run_uri is None:
+def _checkpoint_parent(reported: Any, run_dir: Path, run_location: str) -> tuple[Any, str]:
+    """(file system or None for a directory every node mounts, the directory holding the run's
+    checkpoints): beside the reported checkpoint, else ``RUN/checkpoints``."""
+    if not uri_storage.is_uri(run_location):
         local = Path(reported.path).parent if reported is not None else run_dir / run_files.CHECKPOINTS
-        return local, checkpoint.latest_good(local)
+        return None, str(local)
     if reported is not None:
-        fs, parent = reported.filesystem, reported.path.rstrip("/").rsplit("/", 1)[0]
-    else:
-        fs, parent = uri_storage.filesystem(uri_storage.join(run_uri, run_files.CHECKPOINTS))
-    found = uri_storage.fetch_latest_good(fs, parent)
-    return found if found is not None else (Path(parent), None)
+        return reported.filesystem, reported.path.rstrip("/").rsplit("/", 1)[0]
+    fs, parent = uri_storage.filesystem(uri_storage.join(run_location, run_files.CHECKPOINTS))
+    return fs, parent
+
+
+def _agreed_checkpoint(fs: Any, parent: str, run: str) -> tuple[Path, checkpoint.GoodCheckpoint] | None:
+    """(local directory holding it, the checkpoint) that every rank loads, or None when none is intact
+    (``run``: the run directory, which keys a node's copy).
+
+    Rank 0 alone picks the newest intact checkpoint (``checkpoint.intact_checkpoints``) and
+    broadcasts it. On a URI storage (``fs`` given) rank 0 checks the manifest and sizes in the
+    storage, each node copies the checkpoint once (``uri_storage.copy_checkpoint_to_node``) and
+    every rank checks the copy's SHA-256s; on a shared directory rank 0 checks the SHA-256s and
+    every rank the sizes it sees. A problem on any rank skips the checkpoint on all of them: rank 0
+    picks the next older one.
+    """
+    remote = fs is not None
+    is_chooser = collectives.rank() == 0
+    candidates = checkpoint.intact_checkpoints(parent, fs, hashes=not remote) if is_chooser else iter(())
+    while True:
+        good = collectives.broadcast_object(next(candidates, None) if is_chooser else None)
+        if good is None:
+            return None
+        if remote:
+            local = uri_storage.copy_checkpoint_to_node(fs, parent, good.tag, run, collectives.local_rank() == 0)
+        else:
+            local = Path(parent)
+        problems = collectives.all_gather_object(checkpoint.verify(local / good.tag, hashes=remote))
+        if not any(problems):
+            return local, good
+        if is_chooser:
+            said = "; ".join(f"rank {r}: {p}" for r, p in enumerate(problems) if p)
+            print(f"checkpoint: skipping {parent}/{good.tag}: {said}", file=sys.stderr, flush=True)

@@ -115,20 +115,27 @@ def _cached_gradient_step(
 
 
 def _finish(engine: Any, loss: float, ref_ND: torch.Tensor, ref_labels_N: torch.Tensor, clock: _Clock) -> StepResult:
-    """Step the optimizer unless some rank holds a non-finite gradient (then drop them all)."""
+    """Step the optimizer unless some rank holds a non-finite gradient (then drop them all).
+
+    Two checks, one per place a gradient lives: ``.grad`` of the module's parameters (ZeRO 0,
+    fp32: a plain torch optimizer, checked here before the step), and the partitions of
+    DeepSpeed's own optimizers (ZeRO 1-3, bf16), where ``.grad`` is empty after the reduction:
+    those skip a step whose all-reduced gradient norm is not finite themselves, and
+    ``was_step_applied`` says so, the same on every rank.
+    """
     with clock("optimizer"):
         if not _gradients_finite(engine.module):
             engine.zero_grad()
             return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds, skipped=True)
         engine.step()
-    return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds)
+    skipped = not engine.was_step_applied()
+    return StepResult(loss, ref_ND.detach(), ref_labels_N, clock.seconds, skipped=skipped)
 
 
 def _gradients_finite(model: torch.nn.Module) -> bool:
-    """All ranks agree: 1 when every gradient this rank holds is finite, summed over ranks.
+    """All ranks agree: 1 when every gradient this rank holds in ``.grad`` is finite, summed over ranks.
 
-    Under ZeRO 2/3 gradients live in the optimizer's partitions, not in ``.grad``; there the
-    finite loss check above is what guards the step.
+    Under ZeRO >= 1 ``.grad`` is empty here (see ``_finish``).
     """
     finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
     flags = collectives.all_reduce_sum(torch.tensor(float(finite)))

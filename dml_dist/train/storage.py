@@ -17,7 +17,8 @@ Every file a worker reads or writes is then in ``S`` or in node-local scratch it
 (``tempfile``). ``check_nodes_see`` proves it before training: the driver writes a probe file
 with a random token, and one task pinned to each alive node reads it back and writes its own, so
 a path that one node cannot see (or a URI its credentials cannot reach) fails in one line naming
-the path and the node, before any worker starts.
+the path and the node, before any worker starts. The nodes probe in parallel under one deadline
+(``PROBE_TIMEOUT_S``); a node that does not answer in time (a hung mount) is named the same way.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from dml_dist.config import DataConfig, ExperimentConfig
+from dml_dist.config.credentials import refuse_credentials
 from dml_dist.train import uri_storage
 
 STORAGE_ENV = "DML_DIST_STORAGE"
+PROBE_TIMEOUT_S = 120.0
+"""How long the nodes, probing all at once, have to answer ``check_nodes_see``."""
 PROBE_DIR = ".dml-dist-probe"
 
 
@@ -41,6 +45,7 @@ def resolve_storage(flag: str | None, config: ExperimentConfig) -> str | None:
     value = flag or config.train.storage or os.environ.get(STORAGE_ENV)
     if not value:
         return None
+    refuse_credentials(value, "--storage" if flag else "train.storage" if config.train.storage else STORAGE_ENV)
     if value.startswith("file://"):
         value = value[len("file://") :]
     if uri_storage.is_uri(value):
@@ -54,6 +59,7 @@ def resolve_run_dir(run_dir: str | None, config_name: str, storage: str | None) 
 
     A URI (given, or inside a URI storage) is returned as a string: ``Path`` would fold its ``//``.
     """
+    refuse_credentials(run_dir, "--run-dir")
     if run_dir is not None and uri_storage.is_uri(run_dir):
         return run_dir
     chosen = Path(run_dir) if run_dir else Path("runs") / config_name
@@ -96,18 +102,30 @@ def check_nodes_see(paths: list[SharedPath]) -> list[str]:
         if shared.writable:
             tokens[shared.path] = _write_probe(shared.path, "driver")
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    probe = ray.remote(num_cpus=0)(_probe_on_node)
-    pending = {
-        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_on_node)
+    pending = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
             paths, tokens, n["NodeID"]
         )
         for n in nodes
-    }
-    for node in nodes:
-        problem = ray.get(pending[node["NodeID"]], timeout=120)
+    ]
+    # Every node probes at once, under one deadline: a hung mount costs PROBE_TIMEOUT_S, not that per node.
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=PROBE_TIMEOUT_S)
+    for node, ref in zip(nodes, pending, strict=True):
+        where = f"node {node['NodeID'][:12]} ({node.get('NodeManagerAddress', '?')})"
+        if ref not in ready:
+            what = ", ".join(f"{p.what} {p.path}" for p in paths)
+            raise ValueError(
+                f"{what}: {where} did not answer the storage probe within {PROBE_TIMEOUT_S:g} s (a hung mount?)"
+            )
+        try:
+            problem = ray.get(ref)
+        except Exception as err:  # the node died or its task failed: one line, not a traceback
+            raise ValueError(
+                f"storage probe on {where} failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            ) from err
         if problem is not None:
-            address = node.get("NodeManagerAddress", "?")
-            raise ValueError(f"{problem} on node {node['NodeID'][:12]} ({address}); every node must mount it")
+            raise ValueError(f"{problem} on {where}; every node must mount it")
     return [n["NodeID"] for n in nodes]
 
 
@@ -118,23 +136,16 @@ def _write_probe(directory: str, writer: str) -> str:
 
 
 def _write(directory: str, name: str, text: str) -> None:
-    """Write ``directory/PROBE_DIR/name`` (a local directory or a URI)."""
-    if uri_storage.is_uri(directory):
-        uri_storage.write_bytes(uri_storage.join(directory, PROBE_DIR, name), text.encode())
-        return
-    probe_dir = Path(directory) / PROBE_DIR
-    probe_dir.mkdir(parents=True, exist_ok=True)
-    (probe_dir / name).write_text(text)
+    """Write ``directory/PROBE_DIR/name`` (an absolute directory or a URI: ``pyarrow.fs`` opens both)."""
+    uri_storage.write_bytes(uri_storage.join(directory, PROBE_DIR, name), text.encode())
 
 
 def _read(directory: str, name: str) -> str:
-    if uri_storage.is_uri(directory):
-        return uri_storage.read_bytes(uri_storage.join(directory, PROBE_DIR, name)).decode()
-    return (Path(directory) / PROBE_DIR / name).read_text()
+    return uri_storage.read_bytes(uri_storage.join(directory, PROBE_DIR, name)).decode()
 
 
 def _exists(path: str) -> bool:
-    return uri_storage.exists(path) if uri_storage.is_uri(path) else Path(path).exists()
+    return uri_storage.exists(path)
 
 
 def _probe_on_node(paths: list[SharedPath], tokens: dict[str, str], node_id: str) -> str | None:

@@ -10,7 +10,12 @@ else a run reads or writes is a plain file that code opens with ``open()``, so w
 - **Shards**: the driver uploads each shard directory once to ``URI/data/NAME-HASH`` (``HASH`` of
   its manifest; the manifest is uploaded last, so a directory without one is incomplete); each
   worker copies it into node-local scratch (:func:`localize_shards`) before reading by class.
-- **Checkpoints to resume from** are copied into node-local scratch (:func:`fetch_latest_good`).
+- **The checkpoint to resume from**, chosen by rank 0 (``train/resume.py``), is copied once per
+  node into scratch private to the run (:func:`copy_checkpoint_to_node`) and removed after loading.
+
+``exists``, ``read_bytes``, ``write_bytes`` and ``list_dirs`` take an absolute local path as well
+(``pyarrow.fs`` opens a path without a scheme on the local file system), so a caller that only
+reads or writes a file needs no "is this a URI?" branch (``train/storage.py``'s probes).
 
 A URI may carry ``pyarrow`` options as a query (``s3://bucket/dml?endpoint_override=host:9000``);
 the query belongs to the file system, so :func:`join` puts path parts before it.
@@ -19,18 +24,15 @@ the query belongs to the file system, so :func:`join` puts path parts before it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from dml_dist.data.shard_layout import MANIFEST  # a shard directory is complete once it holds this
-from dml_dist.train.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
-from dml_dist.train.checkpoint import PREFIX, GoodCheckpoint, verify
+from dml_dist.distributed import collectives
 from dml_dist.train.run_files import CHECKPOINTS
 
 SCRATCH = "dml-dist"
@@ -197,29 +199,28 @@ def localize_shards(uri: str) -> Path:
     return final
 
 
-def fetch_latest_good(fs: Any, parent_path: str) -> tuple[Path, GoodCheckpoint] | None:
-    """The newest intact checkpoint under ``parent_path`` on ``fs``, copied to node-local scratch.
+def copy_checkpoint_to_node(fs: Any, parent: str, tag: str, run: str, is_copier: bool) -> Path:
+    """Checkpoint ``tag`` under ``parent`` on ``fs``, copied once into this node's scratch; returns
+    the local parent (``PARENT/TAG`` holds the copy). The scratch is private to the run: keyed by
+    ``run``, the run directory's URI (with its file-system options, so two endpoints never share).
 
-    Checkpoints are copied newest first until one verifies against its manifest, so a corrupted
-    newest checkpoint falls back to the one before it, as on a shared file system.
+    Every rank calls it (it holds a barrier): the node's copier (local rank 0) empties the run's
+    scratch and copies the checkpoint into a fresh directory that it renames into place, while
+    the node's other ranks wait, so no rank ever reads a copy that another is writing or deleting.
+    The caller verifies the copy on every rank before loading (``train/resume.py``).
     """
-    import pyarrow.fs as pafs
-
-    local_parent = scratch_dir("checkpoints", parent_path)
-    infos = fs.get_file_info(pafs.FileSelector(parent_path, allow_not_found=True))
-    tags = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(PREFIX))
-    for tag in reversed(tags):
-        directory = _fetch_tree(fs, f"{parent_path}/{tag}", local_parent / tag)
-        problem = verify(directory)
-        if problem is None:
-            return local_parent, GoodCheckpoint(
-                tag, int(json.loads((directory / CHECKPOINT_MANIFEST).read_text())["step"])
-            )
-        print(f"checkpoint: skipping {parent_path}/{tag}: {problem}", file=sys.stderr, flush=True)
-    return None
+    local_parent = scratch_dir("checkpoints", run)
+    if is_copier:
+        shutil.rmtree(local_parent, ignore_errors=True)
+        partial = local_parent / f"{tag}.partial"
+        _copy_down(fs, f"{parent}/{tag}", partial)
+        os.replace(partial, local_parent / tag)
+    collectives.barrier()
+    return local_parent
 
 
-def _fetch_tree(fs: Any, root: str, target: Path) -> Path:
-    """Copy the files under ``root`` on ``fs`` into a fresh ``target``."""
-    shutil.rmtree(target, ignore_errors=True)
-    return _copy_down(fs, root, target)
+def drop_node_checkpoint(local_parent: Path, is_copier: bool) -> None:
+    """Remove this node's copy once every rank has loaded it (every rank calls it: a barrier)."""
+    collectives.barrier()
+    if is_copier:
+        shutil.rmtree(local_parent, ignore_errors=True)

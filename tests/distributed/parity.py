@@ -3,6 +3,7 @@ and the same step on one process, so tests can compare gradients and losses."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class StepSpec:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(channels=[8, 16], embedding_dim=16))
     shards: str | None = None  # read the batch from real shards through the sampler instead
     image_size: int = 16
+    channels: int = 1
 
 
 def global_batch(spec: StepSpec, world_size: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +47,7 @@ def global_batch(spec: StepSpec, world_size: int = 1, rank: int = 0) -> tuple[to
         images = decode_batch([shards.read(c, s) for c, s in share], spec.image_size)
         return images, torch.tensor([shards.labels[c] for c, _ in share])
     gen = torch.Generator().manual_seed(0)
-    images = torch.randn(spec.num_classes * 2, 1, spec.image_size, spec.image_size, generator=gen)
+    images = torch.randn(spec.num_classes * 2, spec.channels, spec.image_size, spec.image_size, generator=gen)
     labels = torch.arange(spec.num_classes).repeat_interleave(2) * 7 + 3
     per_rank = images.shape[0] // world_size
     rows = slice(rank * per_rank, (rank + 1) * per_rank)
@@ -72,20 +74,29 @@ def _rank_main(rank: int, world_size: int, port: int, spec: StepSpec, out: str) 
     engine_config = EngineConfig(zero_stage=spec.zero_stage, precision="fp32")
     engine = build_engine(model, engine_config, images.shape[0], False, rank, optimizer)
     loss_fn = build_loss(spec.loss_name, **spec.loss_params)
-    result = optimizer_step(engine, loss_fn, images, labels, spec.chunk_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = optimizer_step(engine, loss_fn, images, labels, spec.chunk_size)
     if rank == 0:
         after = dict(engine.module.named_parameters())
         grads = {name: (before[name] - after[name].detach()) / LR for name in before}
-        torch.save({"grads": grads, "loss": result.loss}, out)
+        collective_warnings = [str(w.message) for w in caught if "torch.distributed.nn" in str(w.message)]
+        torch.save({"grads": grads, "loss": result.loss, "warnings": collective_warnings}, out)
     collectives.shutdown()
 
 
 def distributed_gradients(world_size: int, spec: StepSpec, tmp: Path) -> tuple[dict[str, torch.Tensor], float]:
     """(gradients read off one SGD step with lr = 1, global loss) on ``world_size`` gloo ranks."""
+    saved = distributed_step(world_size, spec, tmp)
+    return saved["grads"], float(saved["loss"])
+
+
+def distributed_step(world_size: int, spec: StepSpec, tmp: Path) -> dict:
+    """Rank 0's record of one SGD step on ``world_size`` gloo ranks: ``grads``, ``loss``, and
+    ``warnings`` (the messages of warnings about ``torch.distributed.nn`` raised during the step)."""
     out = tmp / f"step-w{world_size}.pt"
     mp.spawn(_rank_main, args=(world_size, collectives.free_local_port(), spec, str(out)), nprocs=world_size, join=True)
-    saved = torch.load(out, weights_only=True)
-    return saved["grads"], float(saved["loss"])
+    return torch.load(out, weights_only=True)
 
 
 def _every_loss_rank_main(rank: int, world_size: int, port: int, out: str) -> None:

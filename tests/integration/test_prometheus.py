@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.unit.test_cluster_files import dashboard_panels
 
 DASHBOARD = REPO / "cluster" / "grafana" / "dashboards" / "dml-dist.json"
 
@@ -28,13 +29,17 @@ def test_every_dashboard_expression_returns_data(prometheus_server: str | None, 
         pytest.skip("prometheus is not installed (apt-get install prometheus; .ci/run installs it)")
     window = json.loads((trained_run / "test-window.json").read_text())
     job = json.loads((trained_run / "eval.json").read_text())["job"]
-    panels = json.loads(DASHBOARD.read_text())["panels"]
+    panels = dashboard_panels(json.loads(DASHBOARD.read_text()))  # also those in collapsed rows
+    session = _query_range(
+        prometheus_server, f'ray_dml_dist_steps_total{{run="{job}"}}', window["start"], window["end"] + 15
+    )
     checked, missing = [], []
     for panel in panels:
         if panel["description"].startswith(("[GPU]", "[memory]")):
             continue  # data only on GPU workers, or with a cross-batch memory (off in this run)
         for target in panel["targets"]:
             expr = target["expr"].replace("$run", job).replace("$rank", ".*")
+            expr = expr.replace("$session", session[0]["metric"]["SessionName"])
             series = _query_range(prometheus_server, expr, window["start"] - 5, window["end"] + 15)
             (checked if series else missing).append(f"{panel['title']}: {expr}")
     assert not missing, f"no data for: {missing}"

@@ -18,8 +18,11 @@ import copy
 import gzip
 import importlib.metadata
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -65,16 +68,114 @@ def test_prometheus_watches_where_workers_register() -> None:
     config = _load(CLUSTER / "prometheus" / "prometheus.yml")
     files = [f for job in config["scrape_configs"] for sd in job["file_sd_configs"] for f in sd["files"]]
     assert "/tmp/ray/prom_metrics_service_discovery.json" in files
+    assert config["rule_files"] == ["alerts.yml"]
+    compose = _load(CLUSTER / "docker-compose.yml")["services"]["prometheus"]["volumes"]
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose  # beside the config there too
+
+
+def _promtool() -> str:
+    """Debian's promtool (the prometheus package; ``.ci/run`` installs it and requires it)."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        if os.environ.get("DML_DIST_REQUIRE_PROMETHEUS"):
+            raise RuntimeError("promtool is not installed (apt-get install prometheus)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return binary
+
+
+def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
+    for check in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+        done = subprocess.run([_promtool(), *check], cwd=CLUSTER / "prometheus", capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    inner = ", ".join(f'{key}="{value}"' for key, value in labels.items())
+    return {"series": f"{metric}{{{inner}}}", "values": values}
+
+
+def test_alert_rules_fire_on_a_stalled_run_and_a_slow_rank(tmp_path: Path) -> None:
+    """``promtool test rules`` on one minute per sample: run ``stuck`` stops stepping at minute 5,
+    run ``moving`` never does; rank 2 of run ``c`` spends 0.5 s per step loading and embedding
+    its share, the others 0.2 s. The rules' annotations are dropped from the copy under test
+    (``promtool check rules`` checks their templates above); the expressions are the shipped ones."""
+    rules = _load(CLUSTER / "prometheus" / "alerts.yml")
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    series = [_series("ray_dml_dist_steps_total", {"run": "stuck", "rank": rank}, "0+10x5 50x30") for rank in "01"] + [
+        _series("ray_dml_dist_steps_total", {"run": "moving", "rank": "0"}, "0+10x35")
+    ]
+    forward_per_minute = {"0": "1", "1": "1", "2": "4"}  # seconds per minute, 10 steps per minute
+    for rank, seconds in forward_per_minute.items():
+        for phase, total in (("forward", seconds), ("data", "1")):
+            labels = {"run": "c", "rank": rank, "phase": phase}
+            series.append(_series("ray_dml_dist_step_phase_seconds_sum", labels, f"0+{total}x40"))
+            series.append(_series("ray_dml_dist_step_phase_seconds_count", labels, "0+10x40"))
+    expected = [
+        ("DmlDistRunStalled", "12m", []),
+        ("DmlDistRunStalled", "25m", [{"severity": "warning", "run": "stuck"}]),
+        ("DmlDistSlowRank", "8m", []),
+        ("DmlDistSlowRank", "30m", [{"severity": "warning", "run": "c", "rank": "2"}]),
+    ]
+    checks = [
+        {"eval_time": at, "alertname": name, "exp_alerts": [{"exp_labels": labels} for labels in alerts]}
+        for name, at, alerts in expected
+    ]
+    test = {
+        "rule_files": ["alerts.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": checks}],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    done = subprocess.run([_promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every graph panel of the dashboard, also those inside its (collapsed) rows."""
+    return [inner for panel in dashboard["panels"] for inner in panel.get("panels", [panel]) if inner["type"] != "row"]
 
 
 def test_dashboard_queries_only_metrics_the_code_exports() -> None:
     dashboard = json.loads((CLUSTER / "grafana" / "dashboards" / "dml-dist.json").read_text())
     source = "".join(p.read_text() for p in (REPO / "dml_dist" / "observability").glob("*.py"))
-    for panel in dashboard["panels"]:
+    for panel in dashboard_panels(dashboard):
         for target in panel["targets"]:
             for name in re.findall(r"\bray_(dml_dist_[a-z_]+)", target["expr"]):
                 base = re.sub(r"_(total|bucket|sum|count)$", "", name)
                 assert f'"{base}"' in source, f"{panel['title']}: {name} is not exported"
+
+
+def test_dashboard_folds_what_is_empty_by_default_and_keeps_to_the_run() -> None:
+    dashboard = json.loads((CLUSTER / "grafana" / "dashboards" / "dml-dist.json").read_text())
+    assert "__inputs" not in dashboard  # nothing asks for a data source the panels do not use
+    rows = {p["title"]: p for p in dashboard["panels"] if p["type"] == "row"}
+    on_top = [p for p in dashboard["panels"] if p["type"] != "row"]
+    folded = {title: row["panels"] for title, row in rows.items()}
+    assert all(row["collapsed"] and ("empty unless" in title or "empty on" in title) for title, row in rows.items())
+    # Mining, cross-batch memory and GPU panels (empty by default) are inside collapsed rows only.
+    empty_by_default = [
+        p["title"]
+        for p in on_top
+        if p["title"].startswith("Mining") or p["description"].startswith(("[GPU]", "[memory]"))
+    ]
+    assert not empty_by_default, empty_by_default
+    assert {("mining" in t.lower(), "memory" in t.lower(), "GPU" in t) for t in folded} == {
+        (True, False, False), (False, True, False), (False, False, True)
+    }  # fmt: skip
+    assert sum(len(panels) for panels in folded.values()) >= 10
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for panel in dashboard_panels(dashboard):
+        for target in panel["targets"]:
+            assert set(re.findall(r"\$(\w+)", target["expr"])) <= variables, target["expr"]
+            if "ray_node_" in target["expr"]:  # Ray's node series: only the run's Ray session
+                assert 'SessionName=~"$session"' in target["expr"], panel["title"]
+    exprs = " ".join(t["expr"] for p in on_top for t in p["targets"])
+    assert "ray_dml_dist_learning_rate" in exprs and "sum by (run, rank) (rate(ray_dml_dist_samples_total" in exprs
+    throughput = next(p for p in on_top if p["title"].startswith("Global throughput"))
+    assert "metrics.jsonl" in throughput["description"] and "curves.png" in throughput["description"]
 
 
 def test_launch_scripts_pass_arguments_without_a_shell() -> None:
@@ -256,6 +357,25 @@ def test_kuberay_cluster_starts_what_the_readme_submits(kind: str) -> None:
 
         parsed = build_parser().parse_args(args[3:])  # the CLI itself accepts the entrypoint
         assert (parsed.storage, parsed.workers, parsed.address) == (STORAGE, EXAMPLE_WORKERS, "auto")
+        # A retry (backoffLimit) continues the same named run from its checkpoint, or starts it.
+        assert manifest["spec"]["backoffLimit"] >= 1
+        assert parsed.resume == "auto" and parsed.run_dir and not Path(parsed.run_dir).is_absolute()
+
+
+@pytest.mark.parametrize("kind", sorted(KUBERAY))
+def test_kuberay_pods_run_unprivileged_with_bounded_scratch(kind: str) -> None:
+    spec = _cluster_spec(_load(KUBERAY[kind]))
+    for pod in _pod_specs(spec):
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] != 0 and context["runAsGroup"] != 0
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
+            resources = container["resources"]
+            assert resources["requests"]["ephemeral-storage"] == resources["limits"]["ephemeral-storage"]
 
 
 # ---- cluster launcher ------------------------------------------------------------------------
@@ -336,6 +456,15 @@ def test_compose_makes_the_token_before_ray_starts_and_shares_the_storage() -> N
         storage_volumes.add(mounts[STORAGE])
     assert len(storage_volumes) == 1  # one volume, seen by both nodes
     assert token["image"] == IMAGE_CPU and token["build"]["target"] == "cpu"
+
+
+def test_compose_grafana_has_no_default_password() -> None:
+    text = (CLUSTER / "docker-compose.yml").read_text()
+    grafana = yaml.safe_load(text)["services"]["grafana"]["environment"]
+    # Compose refuses to start without the variable (`:?`), so Grafana never runs with admin/admin.
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.+\}", grafana["GF_SECURITY_ADMIN_PASSWORD"])
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert "admin/admin" not in text
 
 
 def _stages(dockerfile: str) -> dict[str, str]:

@@ -38,7 +38,7 @@ def run_one(config_path: str | Path, overrides: list[str], run_dir: Path, label:
         print(f"reproduce: {label}: reusing the finished run in {run_dir}", flush=True)
         return finished
     started = time.perf_counter()
-    run_training(config, run_dir)
+    run_training(config, run_dir, resume="auto")  # an interrupted run of this config continues
     result = EvalResult.read(run_dir / run_files.EVAL)  # the history is in the run's eval.json
     row = row_from_eval(result, label, config.batch.num_classes, config.batch.images_per_class, config.train.steps)
     row["seconds"] = time.perf_counter() - started

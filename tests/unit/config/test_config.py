@@ -77,7 +77,7 @@ def test_sections_validate_themselves_when_built() -> None:
 
     with pytest.raises(ValueError, match=r"^engine\.lr: expected a value > 0, got -1"):
         EngineConfig(lr=-1.0)
-    with pytest.raises(ValueError, match=r"^engine\.precision: expected auto, fp32 or bf16"):
+    with pytest.raises(ValueError, match=r"^engine\.precision: expected auto, fp32, bf16 or autocast"):
         dataclasses.replace(EngineConfig(), precision="fp16")
     with pytest.raises(ValueError, match=r"^mining\.rule: expected one of"):
         MiningConfig(rule="hardest")

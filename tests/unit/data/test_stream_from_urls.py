@@ -1,4 +1,4 @@
-"""``dml-dist train --data 'pipe:...'``: a URL or brace pattern streams, end to end up to the loader."""
+"""``dml-dist train --data 'file://...'``: a URL or brace pattern streams, end to end up to the loader."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dml_dist.train.launcher import _usable_classes
 from tests.conftest import REPO
 
 
-def test_pipe_pattern_streams_into_the_loader(small_data: DataConfig) -> None:
+def test_a_url_pattern_streams_into_the_loader(small_data: DataConfig) -> None:
     root = procedural_root(small_data.procedural, Path(small_data.cache_dir))
     shards = sorted((root / "train").glob("shard-*.tar"))
-    spec = f"pipe:cat {root / 'train'}/shard-{{000000..{len(shards) - 1:06d}}}.tar"
+    spec = f"file://{root / 'train'}/shard-{{000000..{len(shards) - 1:06d}}}.tar"  # read through pyarrow.fs
     config = load_config(
         REPO / "configs" / "quickstart.yaml",
         [f"data.train_shards={spec}", f"data.eval_shards={root / 'test'}", "data.mode=streaming",
@@ -34,6 +34,6 @@ def test_pipe_pattern_streams_into_the_loader(small_data: DataConfig) -> None:
 
 
 def test_a_url_needs_streaming_mode(small_data: DataConfig) -> None:
-    data = replace(small_data, train_shards="pipe:cat /x/shard-{000000..000001}.tar")
+    data = replace(small_data, train_shards="s3://bucket/x/shard-{000000..000001}.tar")
     with pytest.raises(ValueError, match="data.train_shards: .* only data.mode=streaming reads"):
         resolve_data(data)

@@ -370,6 +370,7 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
 
     import torch
 
+    from dml_dist.data.bad_data import BadDataLog
     from dml_dist.data.datasets import resolve_data
     from dml_dist.data.shard_index import IndexedShards
     from dml_dist.mining.refresh import refresh_stale_classes
@@ -378,7 +379,8 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
     config = ExperimentConfig(data=small_data)
     shards = IndexedShards(resolve_data(small_data).train)
     order = list(range(shards.num_classes))[::-1]  # loader positions need not be shard positions
-    loader = SimpleNamespace(shards=shards, classes=order, class_sizes=[shards.class_sizes()[c] for c in order])
+    sizes = [shards.class_sizes()[c] for c in order]
+    loader = SimpleNamespace(shards=shards, classes=order, class_sizes=sizes, bad=BadDataLog())
 
     class Recorder:
         def publish(self, step, class_ids, emb):  # type: ignore[no-untyped-def]

@@ -11,7 +11,9 @@ from dml_dist.observability.progress import eta_seconds, format_duration, format
 
 def test_step_line_shows_rate_pace_and_eta() -> None:
     line = format_step_line(100, 300, 3.04123, 980.4, 0.2614, 50.0, mined=True)
-    assert line == "step 100/300  loss 3.0412  980 samples/s  0.261 s/step  mined   elapsed 50s  ETA 1m40s"
+    assert line == "step 100/300  loss 3.0412  980 samples/s (980/worker)  0.261 s/step  mined   elapsed 50s  ETA 1m40s"
+    line = format_step_line(100, 300, 3.04123, 980.4, 0.2614, 50.0, lr=0.00125, workers=2)
+    assert "loss 3.0412  lr 1.25e-03  980 samples/s (490/worker)  0.261 s/step" in line
     assert "random" in format_step_line(10, 300, 1.0, 10.0, 1.0, 10.0, mined=False)
     assert "mined" not in format_step_line(10, 300, 1.0, 10.0, 1.0, 10.0)  # mining off: no word at all
 

@@ -1,0 +1,1 @@
+"""``dml-dist bench gpu``: the worker's GPU path checked and timed in minutes (see ``suite.py``)."""
