@@ -77,6 +77,16 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 )
 """(message regex, category, why): warnings filtered in every process of a run."""
 
+RAY_PROCESS_WARNINGS: tuple[tuple[str, str], ...] = (
+    (
+        "`ExecutionOptions.exclude_resources` is deprecated",
+        "Ray Train's own controller (an actor that runs none of our code) builds Ray Data's default "
+        "execution options, which warn at every run under Ray 2.60: not ours to fix.",
+    ),
+)
+"""(message prefix, why): warnings of Ray's own processes, filtered through ``PYTHONWARNINGS`` in
+the job's environment (``worker_env``), since no ``warnings.filterwarnings`` of ours runs there."""
+
 
 def library_level(level: str | None = None) -> str:
     """The level libraries log at: ``level``, else ``DML_DIST_LOG_LEVEL``, else WARNING."""
@@ -110,6 +120,8 @@ def worker_env(level: str | None = None) -> dict[str, str]:
     """Environment variables that carry the console settings to workers on other nodes
     (``runtime_env={"env_vars": worker_env()}``)."""
     env = {LOG_LEVEL_ENV: library_level(level)}
+    if env[LOG_LEVEL_ENV] not in ("DEBUG", "INFO") and "PYTHONWARNINGS" not in os.environ:
+        env["PYTHONWARNINGS"] = ",".join(f"ignore:{prefix}" for prefix, _ in RAY_PROCESS_WARNINGS)
     if os.environ.get("TQDM_DISABLE"):
         env["TQDM_DISABLE"] = os.environ["TQDM_DISABLE"]
     return env

@@ -137,9 +137,15 @@ def _gradients_finite(model: torch.nn.Module) -> bool:
 
     Under ZeRO >= 1 ``.grad`` is empty here (see ``_finish``).
     """
-    finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-    flags = collectives.all_reduce_sum(torch.tensor(float(finite)))
-    return int(flags) == collectives.world_size()
+    # On the parameters' device (NCCL reduces only GPU tensors) and one host sync for the whole
+    # model, not one per parameter.
+    device = next(model.parameters()).device
+    finite = torch.ones((), device=device)
+    for p in model.parameters():
+        if p.grad is not None:
+            finite = finite * torch.isfinite(p.grad).all()
+    flags = collectives.all_reduce_sum(finite)
+    return int(flags.item()) == collectives.world_size()
 
 
 def _loss_share(

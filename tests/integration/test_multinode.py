@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from dml_dist.distributed.collectives import free_local_port
+from dml_dist.observability.logging import local_ray_env
 from tests.conftest import REPO, _wait_http, set_args
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -103,6 +104,8 @@ def cluster() -> Iterator[Cluster]:
     port, dashboard, node2_metrics = free_local_port(), free_local_port(), free_local_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    for key in local_ray_env():  # set by the session's local instance; a cluster's nodes are not local
+        env.pop(key, None)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TRAIN_ENABLE_PRINT_PATCH="0")
     env.update(S3_CREDENTIALS, AWS_DEFAULT_REGION="us-east-1")  # as an IAM role would give every node
     head_cmd = _ray_start(
