@@ -29,7 +29,7 @@ IMAGE_MODES = {"typefaces": ("L", 32), "symbols": ("L", 32), "icons": ("RGB", 64
 def tiny_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("datasets")
     for name in NAMES:
-        assert main(["-q", "datasets", name, str(root / name), "--tiny"]) == 0
+        assert main(["datasets", name, str(root / name), "--tiny"]) == 0
     return {name: root / name for name in NAMES}
 
 
@@ -90,7 +90,7 @@ def test_no_cjk_character_is_a_candidate_of_the_font_sets() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_rebuilding_gives_identical_shard_sets(tiny_sets: dict[str, Path], name: str, tmp_path: Path) -> None:
-    assert main(["-q", "datasets", name, str(tmp_path / name), "--tiny"]) == 0
+    assert main(["datasets", name, str(tmp_path / name), "--tiny"]) == 0
     for split in ("train", "test"):
         first, second = tiny_sets[name] / split, tmp_path / name / split
         files = sorted(p.name for p in first.iterdir())
