@@ -54,8 +54,11 @@ def filesystem(uri: str, what: str = "storage") -> tuple[Any, str]:
     """``(pyarrow FileSystem, path inside it)`` for ``uri``; a clear error naming ``what`` otherwise."""
     import pyarrow.fs as pafs
 
+    # pyarrow takes a local path only when absolute; a relative one means what it means to
+    # ``open()``: relative to this process's working directory.
+    target = uri if "://" in uri else os.path.abspath(uri)
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(target)
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError with the reason
         raise ValueError(f"{what}: cannot open {uri} ({err})") from err
 

@@ -359,7 +359,9 @@ def test_a_uri_storage_run_resumes_from_its_checkpoint_in_the_bucket(killed_uri_
 
 def test_a_run_directory_node2_cannot_see_fails_before_training(cluster: Cluster, tmp_path: Path) -> None:
     private = tmp_path / "driver-only-run"  # under the head's /tmp, which node 2 does not see
-    proc = _train(cluster, tmp_path, "--run-dir", str(private), "--steps", "5")
+    # The data where both nodes see it, so that the run directory is the one path node 2 lacks.
+    visible_data = f"data.cache_dir={cluster.storage / 'data-cache'}"
+    proc = _train(cluster, tmp_path, "--run-dir", str(private), "--steps", "5", "--set", visible_data)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("dml-dist: error:")]
