@@ -144,10 +144,22 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def local_rank() -> int:
-    """This process's rank among the ranks of its node (``LOCAL_RANK``, set by Ray Train and
-    ``init_local_gloo``; 0 without a process group): local rank 0 does a node's one-off work."""
-    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
+def first_on_node() -> bool:
+    """Whether this rank is the lowest rank of its node: the one that does the node's one-off work
+    (copying a checkpoint into node-local scratch). Every rank calls it (it gathers).
+
+    A node is a Ray node (its id), not an address: Ray Train's ``LOCAL_RANK`` groups workers by
+    IP, so two nodes behind one address (containers on a host network, the 2-node test) would
+    share one copier, and the other node's ranks would read a copy that nobody made. Without
+    Ray (``init_local_gloo``: processes of one machine) every rank is on one node."""
+    nodes = all_gather_object(_node_id())
+    return nodes.index(nodes[rank()]) == rank()
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def barrier() -> None:

@@ -72,7 +72,8 @@ def resume(
     # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
     # sealed checkpoint here is this run's, also one whose report a failure cut short.
     fs, parent = _checkpoint_parent(reported, run_dir, plan.run_dir)
-    found = _agreed_checkpoint(fs, parent, plan.run_dir)
+    copier = collectives.first_on_node() if fs is not None else False
+    found = _agreed_checkpoint(fs, parent, plan.run_dir, copier)
     if found is None:
         if plan.resume or reported is not None:
             raise RuntimeError(f"no intact checkpoint to resume from in {parent}")
@@ -85,7 +86,7 @@ def resume(
     if rank == 0 and mining_file.is_file():
         classes.restore_state(str(mining_file))
     if fs is not None:
-        uri_storage.drop_node_checkpoint(checkpoints, collectives.local_rank() == 0)
+        uri_storage.drop_node_checkpoint(checkpoints, copier)
     # What every rank loaded, read from its own files: agreement is checked, not assumed.
     rank_steps = collectives.all_gather_object(resumed.step)
     if len(set(rank_steps)) != 1:
@@ -122,9 +123,12 @@ def _checkpoint_parent(reported: Any, run_dir: Path, run_location: str) -> tuple
     return fs, parent
 
 
-def _agreed_checkpoint(fs: Any, parent: str, run: str) -> tuple[Path, checkpoint.GoodCheckpoint] | None:
+def _agreed_checkpoint(
+    fs: Any, parent: str, run: str, copier: bool
+) -> tuple[Path, checkpoint.GoodCheckpoint] | None:
     """(local directory holding it, the checkpoint) that every rank loads, or None when none is intact
-    (``run``: the run directory, which keys a node's copy).
+    (``run``: the run directory, which keys a node's copy; ``copier``: this rank makes its node's
+    copy, ``collectives.first_on_node``).
 
     Rank 0 alone picks the newest intact checkpoint (``checkpoint.intact_checkpoints``) and
     broadcasts it. On a URI storage (``fs`` given) rank 0 checks the manifest and sizes in the
@@ -141,7 +145,7 @@ def _agreed_checkpoint(fs: Any, parent: str, run: str) -> tuple[Path, checkpoint
         if good is None:
             return None
         if remote:
-            local = uri_storage.copy_checkpoint_to_node(fs, parent, good.tag, run, collectives.local_rank() == 0)
+            local = uri_storage.copy_checkpoint_to_node(fs, parent, good.tag, run, copier)
         else:
             local = Path(parent)
         problems = collectives.all_gather_object(checkpoint.verify(local / good.tag, hashes=remote))

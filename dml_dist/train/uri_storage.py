@@ -207,9 +207,9 @@ def copy_checkpoint_to_node(fs: Any, parent: str, tag: str, run: str, is_copier:
     the local parent (``PARENT/TAG`` holds the copy). The scratch is private to the run: keyed by
     ``run``, the run directory's URI (with its file-system options, so two endpoints never share).
 
-    Every rank calls it (it holds a barrier): the node's copier (local rank 0) empties the run's
-    scratch and copies the checkpoint into a fresh directory that it renames into place, while
-    the node's other ranks wait, so no rank ever reads a copy that another is writing or deleting.
+    Every rank calls it (it holds a barrier): the node's copier (its first rank,
+    ``collectives.first_on_node``) empties the run's scratch and copies the checkpoint into a fresh
+    directory that it renames into place, while the node's other ranks wait, so no rank ever reads a copy that another is writing or deleting.
     The caller verifies the copy on every rank before loading (``train/resume.py``).
     """
     local_parent = scratch_dir("checkpoints", run)
