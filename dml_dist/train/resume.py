@@ -144,10 +144,7 @@ def _agreed_checkpoint(
         good = collectives.broadcast_object(next(candidates, None) if is_chooser else None)
         if good is None:
             return None
-        if remote:
-            local = uri_storage.copy_checkpoint_to_node(fs, parent, good.tag, run, copier)
-        else:
-            local = Path(parent)
+        local = uri_storage.copy_checkpoint_to_node(fs, parent, good.tag, run, copier) if remote else Path(parent)
         problems = collectives.all_gather_object(checkpoint.verify(local / good.tag, hashes=remote))
         if not any(problems):
             return local, good
