@@ -123,9 +123,7 @@ def _checkpoint_parent(reported: Any, run_dir: Path, run_location: str) -> tuple
     return fs, parent
 
 
-def _agreed_checkpoint(
-    fs: Any, parent: str, run: str, copier: bool
-) -> tuple[Path, checkpoint.GoodCheckpoint] | None:
+def _agreed_checkpoint(fs: Any, parent: str, run: str, copier: bool) -> tuple[Path, checkpoint.GoodCheckpoint] | None:
     """(local directory holding it, the checkpoint) that every rank loads, or None when none is intact
     (``run``: the run directory, which keys a node's copy; ``copier``: this rank makes its node's
     copy, ``collectives.first_on_node``).
