@@ -86,6 +86,9 @@ def register(commands: Commands) -> None:
     peers.add_argument("--peer-lr", type=float, default=1e-3, help="Adam learning rate of the PML rows")
     peers.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     peers.add_argument("--backbones", default="config,conv4_bn", help="backbones of the PML rows (config, conv4_bn)")
+    peers.add_argument(
+        "--peer-losses", default="ms,npair,triplet", help="PML recipes of the peer rows (ms, npair, triplet)"
+    )
     peers.add_argument("--runs", help="where the dml-dist run directories go (default runs/bench-peers)")
     peers.set_defaults(run=run_peers)
 
@@ -191,4 +194,5 @@ def run_peers(args: argparse.Namespace) -> dict[str, Any]:
         backbones=tuple(args.backbones.split(",")),
         omniglot=args.omniglot,
         peer_steps=_ints(args.peer_steps) if args.peer_steps else None,
+        peer_losses=tuple(args.peer_losses.split(",")),
     )

@@ -172,7 +172,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     check_faiss()
     from dml_dist.config.loader import load_config
-    from dml_dist.train.storage import place_data, resolve_run_dir, resolve_storage
+    from dml_dist.train.storage import anchor_relative_paths, place_data, resolve_run_dir, resolve_storage
     from dml_dist.train.uri_storage import is_uri
     from dml_dist.tune import METRIC, results_table, run_tune
 
@@ -184,6 +184,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if storage is not None:
         config.train.storage = storage
         place_data(config.data, storage)
+    anchor_relative_paths(config)
     out = Path(resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage))
     report = run_tune(config, args.space, args.trials, out, args.grace_steps, args.address)
     keys = list(report["best"]["params"])

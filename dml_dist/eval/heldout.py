@@ -2,7 +2,8 @@
 
 Shared by the training loop (rank 0, every ``eval_every`` steps) and ``dml-dist eval``. The
 protocol follows the shards: when their manifest lists query and gallery keys (In-Shop, written
-by ``dml-dist shards --format inshop``), queries search the gallery; otherwise leave-one-out.
+by ``dml-dist shards --format inshop``), queries search the gallery; otherwise leave-one-out,
+plus cross-style Recall@1 when the manifest records each image's style (``eval/cross_style.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from dml_dist.config import DataConfig, EvalConfig
 from dml_dist.data.bad_data import BadDataLog
 from dml_dist.data.shard_layout import read_manifest
+from dml_dist.eval.cross_style import cross_style_recall_at_1, style_ids
 from dml_dist.eval.embed import embed_shards_keyed
 from dml_dist.eval.retrieval import RetrievalReport, retrieval_metrics
 
@@ -87,4 +89,9 @@ def evaluate_shards(
     )
     report.extra["protocol"] = "query/gallery" if is_split else "leave-one-out"
     report.extra["skipped_samples"] = bad.total
+    styles = None if is_split else style_ids(directory, keys)
+    if styles is not None:
+        recall, queries = cross_style_recall_at_1(emb, labels, styles, settings.block_size)
+        report.extra["cross_style_recall_1"] = recall
+        report.extra["cross_style_queries"] = queries
     return HeldOut(emb, labels, keys, report, query, gallery)

@@ -79,6 +79,27 @@ def place_data(data: DataConfig, storage: str | None) -> None:
         data.cache_dir = str(Path(storage) / "data")
 
 
+def anchor_relative_paths(config: ExperimentConfig) -> None:
+    """Relative local paths of the config's data and weights, made absolute as this process sees them.
+
+    ``dml-dist tune`` runs each trial in its own working directory (Ray Tune's trial directory),
+    where ``data/cache/symbols/train`` would name nothing; ``train`` keeps the user's directory.
+    URIs and absolute paths are left as they are.
+    """
+
+    def absolute(value: str | None) -> str | None:
+        if not value or uri_storage.is_uri(value) or Path(value).is_absolute():
+            return value
+        return str(Path(value).expanduser().absolute())
+
+    data = config.data
+    data.train_shards, data.eval_shards = absolute(data.train_shards), absolute(data.eval_shards)
+    data.cache_dir = absolute(data.cache_dir) or data.cache_dir
+    if isinstance(config.model.pretrained, str) and not config.model.pretrained.startswith("hf-hub:"):
+        config.model.pretrained = absolute(config.model.pretrained)
+    config.model.init_from = absolute(config.model.init_from)
+
+
 @dataclass(frozen=True)
 class SharedPath:
     """A path that every node must see: ``what`` names it in errors (a flag or a config field)."""

@@ -24,15 +24,26 @@ def test_quick_peer_bench_prints_every_row_with_finite_figures(
 ) -> None:
     report_path = tmp_path / "peers.json"
     args = ["bench", "peers", "--quick", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data", "procedural"]
-    args += ["--steps", "3", "--peer-steps", "2,3", "--json", str(report_path), "--runs", str(tmp_path / "runs")]
+    args += [
+        "--steps",
+        "3",
+        "--peer-steps",
+        "2,3",
+        "--peer-losses",
+        "ms,triplet",
+        "--json",
+        str(report_path),
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
     args += set_args({**small_data_settings(small_data), "mining.enabled": False, "train.workers": 2})
     assert main(args) == 0
     report = json.loads(report_path.read_text())
     names = [(row["name"], row["backbone"]) for row in report["rows"]]
-    assert len(names) == 14 and len(set(names)) == 14  # 3 PML losses x 2 backbones x 2 budgets, + 2
-    assert sum("PML" in name for name, _ in names) == 12
-    assert sum(backbone.startswith("Conv-4") for _, backbone in names) == 6
-    assert sum(name.endswith("@ 2 steps") for name, _ in names) == 6
+    assert len(names) == 10 and len(set(names)) == 10  # 2 PML losses x 2 backbones x 2 budgets, + 2
+    assert sum("PML" in name for name, _ in names) == 8 and not any("N-pair" in name for name, _ in names)
+    assert sum(backbone.startswith("Conv-4") for _, backbone in names) == 4
+    assert sum(name.endswith("@ 2 steps") for name, _ in names) == 4
     assert names[-2][0].startswith("plain loop, dml-dist npair_mc") and names[-1][0].startswith("dml-dist train")
     for row in report["rows"]:
         assert 0.0 <= row["recall_1"] <= 1.0 and math.isfinite(row["map_at_r"]), row
@@ -62,3 +73,5 @@ def test_an_unknown_backbone_is_refused_before_any_training() -> None:
 
     with pytest.raises(ValueError, match="--backbones: unknown backbone 'resnet'"):
         run_peers_bench(backbones=("config", "resnet"))
+    with pytest.raises(ValueError, match="--peer-losses: unknown recipe 'arcface'"):
+        run_peers_bench(peer_losses=("ms", "arcface"))

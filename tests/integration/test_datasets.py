@@ -125,5 +125,8 @@ def test_tiny_set_trains_through_the_cli(ray_session, tiny_sets: dict[str, Path]
     assert result["step"] == 10
     assert result["num_classes"] == IndexedShards(tiny_sets[name] / "test").num_classes
     recall = result["recall"]["1"]
-    print(f"{name}: held-out Recall@1 {recall:.3f} (untrained {result['untrained_recall']['1']:.3f})")
-    assert 0.0 < recall <= 1.0
+    cross = result["metrics"]["extra"]["cross_style_recall_1"]  # the manifest's styles reach the evaluation
+    print(
+        f"{name}: held-out Recall@1 {recall:.3f} (untrained {result['untrained_recall']['1']:.3f}), cross-style {cross:.3f}"
+    )
+    assert 0.0 < recall <= 1.0 and 0.0 <= cross <= 1.0 and result["metrics"]["extra"]["cross_style_queries"] > 0

@@ -27,13 +27,22 @@ def _settings(small_data: DataConfig) -> dict[str, object]:
 
 
 def test_a_tiny_search_writes_results_and_a_trainable_best_config(
-    small_data: DataConfig, ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_data: DataConfig, ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
+    # Shard paths relative to the user's directory, as a config in a repository holds them: each
+    # trial runs in its own directory, where they would name nothing.
+    cache = Path(small_data.cache_dir)
+    (train,) = cache.glob("procedural-*/train")
+    monkeypatch.chdir(cache)
+    relative = {
+        "data.train_shards": train.relative_to(cache),
+        "data.eval_shards": train.parent.relative_to(cache) / "test",
+    }
     space = tmp_path / "space.yaml"
     space.write_text("engine.lr: {loguniform: [1.0e-3, 4.0e-3]}\nloss.temperature: {choice: [0.05, 0.1]}\n")
     out = tmp_path / "search"
     args = ["tune", str(REPO / "configs" / "quickstart.yaml"), "--space", str(space), "--trials", "2"]
-    args += ["--steps", "8", "--grace-steps", "4", "--out", str(out), *set_args(_settings(small_data))]
+    args += ["--steps", "8", "--grace-steps", "4", "--out", str(out), *set_args({**_settings(small_data), **relative})]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["trials"]) == 2
@@ -42,6 +51,7 @@ def test_a_tiny_search_writes_results_and_a_trainable_best_config(
     assert best.engine.lr == pytest.approx(results["best"]["params"]["engine.lr"])
     assert best.loss.params["temperature"] == results["best"]["params"]["loss.temperature"]
     assert best.train.steps == 8 and best.batch.num_classes == 32
+    assert best.data.train_shards == str(train)
     assert "| engine.lr | loss.temperature |" in capsys.readouterr().out
     assert len(list(out.glob("trial-*/eval.json"))) == 2
 

@@ -44,6 +44,8 @@ class Conv4BN(nn.Module):
 class PeerLoss:
     """A PML loss (and miner) as the peer configures it."""
 
+    key: str
+    """Its name on the command line (``--peer-losses``)."""
     name: str
     build: Callable[[], tuple[nn.Module, nn.Module | None]]
 
@@ -69,10 +71,11 @@ def _multi_similarity() -> tuple[nn.Module, nn.Module | None]:
 
 
 PEER_LOSSES = (  # the strongest peer first: a run cut short still has it
-    PeerLoss("PML multi-similarity + MS miner", _multi_similarity),
-    PeerLoss("PML N-pair (Sohn, L2 0.002)", _npair),
-    PeerLoss("PML triplet + semihard miner", _triplet),
+    PeerLoss("ms", "PML multi-similarity + MS miner", _multi_similarity),
+    PeerLoss("npair", "PML N-pair (Sohn, L2 0.002)", _npair),
+    PeerLoss("triplet", "PML triplet + semihard miner", _triplet),
 )
+PEER_LOSS_KEYS = tuple(loss.key for loss in PEER_LOSSES)
 BACKBONE_NAMES = ("config", "conv4_bn")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from dml_dist.bench import REPO
 from dml_dist.bench.omniglot import omniglot_zip, prepare_omniglot, require_omniglot
-from dml_dist.bench.peers.models import BACKBONE_NAMES, PEER_LOSSES, describe_backbone
+from dml_dist.bench.peers.models import BACKBONE_NAMES, PEER_LOSS_KEYS, PEER_LOSSES, describe_backbone
 from dml_dist.bench.peers.plain_loop import (
     RowResult,
     evaluate,
@@ -92,15 +92,20 @@ def run_peers_bench(
     backbones: tuple[str, ...] = BACKBONE_NAMES,
     omniglot: str | Path | None = None,
     peer_steps: list[int] | None = None,
+    peer_losses: tuple[str, ...] = PEER_LOSS_KEYS,
 ) -> dict[str, Any]:
     """Train every row (per seed), print the table, return the figures. ``backbones``: the PML
     rows' backbones (``config``, ``conv4_bn``), for a config whose backbone already is a Conv-4;
     ``omniglot``: the Omniglot zip (else ``$DML_DIST_OMNIGLOT``); ``peer_steps``: the PML rows'
     step budgets (default: the config's steps), each a row, from one run per loss and backbone
-    evaluated after each budget, so a peer may train longer than dml-dist."""
+    evaluated after each budget, so a peer may train longer than dml-dist; ``peer_losses``: the
+    PML recipes (``ms``, ``npair``, ``triplet``)."""
     unknown = sorted(set(backbones) - set(BACKBONE_NAMES))
     if unknown:
         raise ValueError(f"--backbones: unknown backbone {unknown[0]!r}; valid: {', '.join(BACKBONE_NAMES)}")
+    unknown = sorted(set(peer_losses) - set(PEER_LOSS_KEYS))
+    if unknown:
+        raise ValueError(f"--peer-losses: unknown recipe {unknown[0]!r}; valid: {', '.join(PEER_LOSS_KEYS)}")
     if data is None:
         data = "omniglot" if omniglot_zip(omniglot) is not None else "procedural"
     steps = steps if steps is not None else (QUICK_STEPS if quick else None)
@@ -128,7 +133,7 @@ def run_peers_bench(
         threads = config.train.workers
         budgets = sorted(set(peer_steps or [config.train.steps]))
         for backbone in backbones:
-            for loss in PEER_LOSSES:
+            for loss in (one for one in PEER_LOSSES if one.key in peer_losses):
                 results = run_peer_row(config, paths, loss, backbone, peer_lr, threads, budgets)
                 for budget, result in results.items():
                     at = f" @ {budget} steps" if budgets != [config.train.steps] else ""
@@ -148,6 +153,7 @@ def run_peers_bench(
         "workers": base.train.workers,
         "peer_lr": peer_lr,
         "peer_steps": peer_steps or [base.train.steps],
+        "peer_losses": list(peer_losses),
         "rows": rows,
         "overhead_ratio": system["samples_per_second"] / plain["samples_per_second"],
     }
