@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from dml_dist.config.ranges import check_ranges
 
-MINING_RULES = ("seed_neighbours", "greedy", "random")
+MINING_RULES = ("seed_neighbours", "greedy", "random", "partition")
 
 
 @dataclass
@@ -26,7 +26,11 @@ class MiningConfig:
     """Run the mining service; false = random classes and no service."""
     rule: str = "seed_neighbours"
     """Selection rule: ``seed_neighbours`` (random seed classes, each with neighbours sampled
-    among its nearest), ``greedy`` (Sohn 2016: a chain of the hardest classes) or ``random``."""
+    among its nearest), ``greedy`` (Sohn 2016: a chain of the hardest classes), ``random``, or
+    ``partition`` (epochs over balanced clusters of the class centres: every class once per
+    epoch, a batch is N / s whole clusters; ``mining/partition.py``). ``partition`` uses
+    ``warmup_steps``, ``warmup_coverage``, ``fresh_within_steps`` and the ``partition_*`` fields,
+    not ``random_share`` or ``ramp_steps``."""
     random_share: float = 0.25
     """Share of each batch's classes drawn at random once mining runs (the rest is mined)."""
     group_size: int = 2
@@ -35,6 +39,20 @@ class MiningConfig:
     """seed_neighbours: a neighbour is sampled among the seed's top_k most similar classes."""
     temperature: float = 0.1
     """seed_neighbours: neighbours are drawn with probability softmax(similarity / temperature)."""
+    candidate_pool: int = 0
+    """seed_neighbours: 0 = a seed's top_k among all classes; P > 0 = among P classes sampled at
+    random for each seed (BatchSampler, KDD 2023: hard, but not always the same neighbours)."""
+    similarity_cap: float = 1.0
+    """No two classes whose bank centres have cosine above this share a batch; 1.0 = off.
+    partition: enforced by swapping classes between batches; seed_neighbours: a seed or
+    neighbour above the cap with a class already chosen is skipped (the random fill is not checked)."""
+    partition_double_every_steps: int = 200
+    """partition: after warm-up the cluster size s is 2, doubling every this many steps; 0 = at once the largest."""
+    partition_max_cluster_size: int = 64
+    """partition: s is at most the largest power of two dividing N and <= min(N / 4, this)."""
+    partition_recluster_steps: int = 100
+    """partition: the classes still to visit in the epoch are re-clustered every this many steps
+    (and when s changes), used from the next batch; 0 = only when s changes and at each epoch."""
     warmup_steps: int = 150
     """Random classes before this step (a model at step 0 knows no hard classes)."""
     ramp_steps: int = 100

@@ -101,6 +101,11 @@ RANGES: dict[str, Range] = {
     "mining.warmup_steps": NON_NEGATIVE,
     "mining.ramp_steps": NON_NEGATIVE,
     "mining.fresh_within_steps": NON_NEGATIVE,
+    "mining.candidate_pool": NON_NEGATIVE,
+    "mining.similarity_cap": Range(0, 1, low_open=True),  # 1 = off; a cap <= 0 leaves no feasible batch
+    "mining.partition_double_every_steps": NON_NEGATIVE,
+    "mining.partition_max_cluster_size": Range(1),
+    "mining.partition_recluster_steps": NON_NEGATIVE,
     "engine.backbone_lr_mult": NON_NEGATIVE,
     "engine.zero_stage": Range(0, 3),
     "engine.lr": POSITIVE,

@@ -63,6 +63,8 @@ def resolve_data(config: DataConfig) -> DataPaths:
         return _resolve_stream(config)
     if config.train_shards is None and config.eval_shards is None:
         procedural = ensure_procedural(config.procedural, Path(config.cache_dir), config.samples_per_shard)
+        # Absolute: Ray Train runs each worker in a directory of its own, not the driver's.
+        procedural = procedural.resolve()
         return DataPaths(train=procedural / "train", eval=procedural / "test", generated=True)
     if config.train_shards is None:
         raise ValueError(

@@ -14,6 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+DIAGNOSTICS = ("cluster_size", "epoch", "epoch_distinct_classes", "visit_gini", "cap_violation_share")
+"""``MiningAnswer`` fields that describe how the batches are composed (``mining/diagnostics.py``)."""
+
 
 @dataclass(frozen=True)
 class MiningAnswer:
@@ -28,7 +31,10 @@ class MiningAnswer:
     hard_share: float | None = None
     """Share of the classes the rule mined (0 when random)."""
     reason: str | None = None
-    """Why the service answered random classes: ``warmup``, ``graph_pending`` or ``rule``."""
+    """Why the service answered random classes: ``warmup``, ``graph_pending`` or ``rule``;
+    ``out_of_order`` when rule ``partition`` was asked for a step older than its last one.
+    (``partition`` answers ``warmup`` while s = 1: its classes are then a random permutation
+    epoch, not independent random classes.)"""
     selection_seconds: float | None = None
     refresh_age_max: float | None = None
     refresh_age_mean: float | None = None
@@ -40,11 +46,26 @@ class MiningAnswer:
     """Mean similarity (by the bank) of each chosen class to its closest chosen class."""
     graph_step: int | None = None
     """Snapshot step of the kNN graph the search ran on (None: exact search, or none)."""
+    cluster_size: int | None = None
+    """``partition``: s, the classes per cluster of this batch (1 = plain permutation epoch)."""
+    epoch: int | None = None
+    """``partition``: the epoch this batch belongs to (0-based)."""
+    epoch_distinct_classes: int | None = None
+    visit_gini: float | None = None
+    cap_violation_share: float | None = None
+    """Window figures up to this batch (``mining/diagnostics.py``): distinct classes, Gini of the
+    class visit counts, share of mined pairs above ``similarity_cap`` (None while it is off)."""
     stale_classes: list[int] = field(default_factory=list)
     """Every ``refresh_every`` steps: ``bank_pos`` of classes for the training side to re-embed."""
     fallback_reason: str | None = None
     """Set by the client when the step used random classes while mining: ``timeout``,
     ``unavailable``, or the service's ``reason`` (``warmup``, ``graph_pending``)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """The batch-composition figures that are set (``partition``'s, the window's), by name:
+        the keys that ``metrics.jsonl`` adds to a step's row."""
+        values = {name: getattr(self, name) for name in DIAGNOSTICS}
+        return {name: value for name, value in values.items() if value is not None}
 
     @property
     def fallback(self) -> bool:

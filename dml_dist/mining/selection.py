@@ -163,6 +163,8 @@ def select_seed_neighbours(
     top_k: int = 10,
     temperature: float = 0.1,
     neighbours: np.ndarray | None = None,
+    similarity_cap: float = 1.0,
+    candidate_pool: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random seed classes, each joined by neighbours sampled among its top-K nearest classes.
 
@@ -186,6 +188,13 @@ def select_seed_neighbours(
     only among classes refreshed within 100 steps, and mining from step 50 all lost (0.659,
     0.657, 0.665 against 0.676 random); top 100 tied (0.676); hence the defaults.
 
+    Two options (both off by default, and then the draws are unchanged): a candidate pool
+    (BatchSampler, Yang et al. KDD 2023) takes a seed's top K among P classes sampled at random
+    for that seed instead of among all classes, so a seed's neighbours are hard for the pool but
+    differ from draw to draw; a similarity cap skips a seed or neighbour whose centre has cosine
+    above the cap with a trusted class already chosen (near-duplicate classes, often one class
+    under two labels, make negatives that cannot be learnt). The random fill is not checked.
+
     Args:
         class_embeddings: [C, D] unit class embeddings.
         n: classes to choose.
@@ -200,6 +209,9 @@ def select_seed_neighbours(
         neighbours: optional [C, k] neighbour lists (``graph.py``); when given, a seed's
             candidates are its listed neighbours (the first K open ones) instead of an exact
             scan of all classes (O(C D) per seed).
+        similarity_cap: cosine above which two trusted classes may not share the groups; >= 1 = off.
+        candidate_pool: P > 0: a seed's candidates are its top K among P open trusted classes
+            sampled at random (O(P D) per seed; ``neighbours`` is then not used); 0 = all classes.
     Returns:
         (classes [n] int64: groups in order, seed first, then random classes;
          relied_on [n] bool: the classes chosen through the bank, i.e. neighbours).
@@ -220,17 +232,31 @@ def select_seed_neighbours(
     relied: list[bool] = []
     num_groups = int(n * hard_share) // group_size
     seeds_pool = rng.permutation(num_classes)
+    capped = similarity_cap < 1.0
+    chosen_trusted: list[int] = []  # the cap is checked against these
     cursor = 0
     for _ in range(num_groups):
-        while not open_C[seeds_pool[cursor]]:
+        while cursor < num_classes and (
+            not open_C[seeds_pool[cursor]]
+            or (capped and _over_cap(emb_CD, seeds_pool[cursor], chosen_trusted, trusted_C, similarity_cap))
+        ):
             cursor += 1
+        if cursor == num_classes:
+            break
         s = int(seeds_pool[cursor])
         picks.append(s)
         relied.append(False)
         open_C[s] = False
         if not trusted_C[s]:  # no embedding to find its neighbours by: its slots go to the random fill
             continue
-        cand, sims = _seed_candidates(emb_CD, s, open_C & trusted_C, top_k, neighbours)
+        chosen_trusted.append(s)
+        if candidate_pool > 0:
+            cand, sims = _pool_candidates(emb_CD, s, open_C & trusted_C, top_k, candidate_pool, rng)
+        else:
+            cand, sims = _seed_candidates(emb_CD, s, open_C & trusted_C, top_k, neighbours)
+        if capped and cand.size:
+            keep = (emb_CD[cand] @ emb_CD[chosen_trusted].T <= similarity_cap).all(axis=1)
+            cand, sims = cand[keep], sims[keep]
         take = min(group_size - 1, cand.size)
         if take:
             logits = (sims - sims.max()) / temperature
@@ -240,12 +266,29 @@ def select_seed_neighbours(
                 picks.append(int(c))
                 relied.append(True)
                 open_C[c] = False
+                chosen_trusted.append(int(c))
     num_random = n - len(picks)
     if num_random > 0:
         rest = rng.choice(np.flatnonzero(open_C), size=num_random, replace=False)
         picks.extend(int(c) for c in rest)
         relied.extend([False] * num_random)
     return np.asarray(picks, dtype=np.int64), np.asarray(relied, dtype=bool)
+
+
+def _over_cap(emb_CD: np.ndarray, c: int, chosen: list[int], trusted_C: np.ndarray, cap: float) -> bool:
+    """Class c is trusted and its centre has cosine above ``cap`` with a chosen trusted class."""
+    return bool(trusted_C[c] and chosen and (emb_CD[chosen] @ emb_CD[c]).max() > cap)
+
+
+def _pool_candidates(
+    emb_CD: np.ndarray, s: int, open_C: np.ndarray, top_k: int, pool: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's up to K most similar among ``pool`` open classes drawn at random (BatchSampler)."""
+    open_ids = np.flatnonzero(open_C)
+    sample = rng.choice(open_ids, size=min(pool, open_ids.size), replace=False) if open_ids.size else open_ids
+    sims = emb_CD[sample] @ emb_CD[s]
+    order = np.argsort(-sims, kind="stable")[:top_k]
+    return sample[order].astype(np.int64), sims[order]
 
 
 def _seed_candidates(

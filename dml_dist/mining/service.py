@@ -28,6 +28,12 @@ Selection rules (``mining.rule``), compared in ``docs/results/mining.md``:
   it lowered held-out Recall@1 against random classes on every set measured there: the chain
   collapses a batch into one cluster of confusable classes.
 - ``random``: the service answers random classes (the baseline, with the service running).
+- ``partition``: epochs over balanced clusters of the class centres; every class is in one
+  batch per epoch and a batch is N / s whole clusters, s growing after warm-up
+  (``mining/partition.py``; its epoch is part of the state file).
+``similarity_cap`` keeps classes with near-duplicate centres out of one batch (partition,
+seed_neighbours). Every answer carries window figures (``mining/diagnostics.py``): distinct
+classes, the Gini coefficient of class visits, and the share of mined pairs above the cap.
 A schedule sets the mined share: 0 before ``warmup_steps``, then rising linearly over
 ``ramp_steps`` to 1 - ``random_share``. Large banks are searched on a kNN graph
 (``mining/graph_schedule.py`` says which graph an answer uses).
@@ -55,8 +61,10 @@ from dml_dist.data.sampler import random_classes
 from dml_dist.mining import service_state
 from dml_dist.mining.answer import MiningAnswer
 from dml_dist.mining.bank import ClassBank
+from dml_dist.mining.diagnostics import DiagnosticsWindow
 from dml_dist.mining.graph_schedule import GraphSchedule
 from dml_dist.mining.hardness import nearest_negative_similarity
+from dml_dist.mining.partition import PartitionDraw, PartitionSampler, cluster_size
 from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 
 PUBLISH_LAG = 3
@@ -105,13 +113,18 @@ class MiningService:
         self.queue: list[tuple[int, np.ndarray, np.ndarray]] = []  # publishes not applied yet, in order
         self.answers: dict[int, MiningAnswer] = {}  # the last KEEP_ANSWERS answers, by step
         self.graph_schedule = GraphSchedule(self.config.graph_rebuild_steps, self.config.num_neighbours, self.seed)
+        self.partition = PartitionSampler(num_classes, self.seed)
+        self.diagnostics = DiagnosticsWindow(num_classes)
         self.num_selections = 0
         self._last_save_step = 0
         self._selection_seconds: list[float] = []
 
     @property
     def uses_graph(self) -> bool:
-        return self.bank.num_classes >= self.config.exact_below_classes
+        """A large bank, and a rule that searches neighbour lists (partition and a candidate pool do not)."""
+        cfg = self.config
+        searches = cfg.rule == "greedy" or (cfg.rule == "seed_neighbours" and cfg.candidate_pool == 0)
+        return searches and self.bank.num_classes >= cfg.exact_below_classes
 
     def is_warm(self) -> bool:
         return self.bank.coverage() >= self.config.warmup_coverage
@@ -177,17 +190,24 @@ class MiningService:
         if cfg.fresh_within_steps > 0:
             trusted = seen & (self.bank.last_step >= step - cfg.fresh_within_steps)
         reason = None
-        if cfg.rule == "random":
+        draw: PartitionDraw | None = None
+        if cfg.rule == "partition":
+            draw, reason = self._partition_draw(step, n, trusted)
+        elif cfg.rule == "random":
             reason = "rule"
         elif share == 0.0 or not self.is_warm() or not trusted.any():
             reason = "warmup"
         elif self.uses_graph and graph is None:
             reason = "graph_pending"
-        if reason is not None:
+        if draw is not None:
+            chosen, relied = draw.classes, draw.clustered
+            share = float(relied.mean())
+        elif reason is not None:
             chosen = np.asarray(random_classes(self.seed, step, self.bank.num_classes, n), dtype=np.int64)
             relied = np.zeros(n, dtype=bool)
         else:
             chosen, relied = self._select(step, n, share, trusted, graph.neighbours if graph is not None else None)
+        window = self._observe_window(chosen, reason is None, n, draw)
         selection_seconds = time.perf_counter() - started
         self._selection_seconds = [*self._selection_seconds[-99:], selection_seconds]
         self.num_selections += 1
@@ -210,12 +230,49 @@ class MiningService:
             staleness_at_selection_max=float(staleness.max()) if staleness.size else None,
             negative_similarity=None if np.isnan(hardness) else hardness,
             graph_step=graph.step if graph is not None else None,
+            cluster_size=draw.cluster_size if draw is not None else None,
+            epoch=draw.epoch if draw is not None else None,
+            epoch_distinct_classes=window["epoch_distinct_classes"],
+            visit_gini=window["visit_gini"],
+            cap_violation_share=window["cap_violation_share"],
             stale_classes=self.stale_classes(step, cfg.refresh_after_steps, cfg.refresh_max_classes) if due else [],
         )
         self.answers[step] = answer
         for old in sorted(self.answers)[:-KEEP_ANSWERS]:
             del self.answers[old]
         return answer
+
+    def _partition_draw(self, step: int, n: int, trusted: np.ndarray) -> tuple[PartitionDraw | None, str | None]:
+        """Rule partition: the epoch's next batch, and why it is not mined (s = 1: ``warmup``).
+
+        A step older than the last one dealt (not among the kept answers) gets random classes
+        (``out_of_order``): dealing it would take a batch away from a later step.
+        """
+        cfg = self.config
+        if step <= self.partition.last_step:
+            return None, "out_of_order"
+        size = cluster_size(
+            step,
+            n,
+            cfg.warmup_steps,
+            cfg.partition_double_every_steps,
+            cfg.partition_max_cluster_size,
+            warm=self.is_warm(),
+        )
+        draw = self.partition.next_batch(
+            step, n, self.bank.embeddings, trusted, size, cfg.similarity_cap, cfg.partition_recluster_steps
+        )
+        return draw, None if draw.clustered.any() else "warmup"
+
+    def _observe_window(self, chosen: np.ndarray, mined: bool, n: int, draw: PartitionDraw | None) -> dict[str, Any]:
+        """Add the batch to the diagnostics window (a partition epoch; else ceil(C / N) batches)."""
+        window = self.diagnostics
+        epoch_batches = -(-self.bank.num_classes // n)
+        if (draw is not None and draw.new_epoch) or (draw is None and window.batches >= epoch_batches):
+            window.reset()
+        cap = self.config.similarity_cap
+        window.add(chosen, mined, self.bank.embeddings, self.bank.seen, cap)
+        return window.figures(cap)
 
     def _select(
         self, step: int, n: int, share: float, trusted: np.ndarray, neighbours: np.ndarray | None
@@ -245,6 +302,8 @@ class MiningService:
             top_k=cfg.top_k,
             temperature=cfg.temperature,
             neighbours=neighbours,
+            similarity_cap=cfg.similarity_cap,
+            candidate_pool=cfg.candidate_pool,
         )
 
     def stale_classes(self, step: int, after_steps: int, max_count: int) -> list[int]:
@@ -301,6 +360,8 @@ class MiningService:
             "graph_method": graph.method if graph else None,
             "bank_bytes": int(self.bank.embeddings.nbytes + self.bank.last_step.nbytes),
             "restored_step": self.restored_step,
+            "partition_epoch": self.partition.epoch if self.config.rule == "partition" else None,
+            **self.diagnostics.figures(self.config.similarity_cap),
             "fresh_starts": self.fresh_starts,
             "checkpoint_path": str(self.checkpoint_path) if self.checkpoint_path else None,
         }

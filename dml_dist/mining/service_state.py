@@ -3,7 +3,9 @@
 One ``.npz`` written atomically through ``ClassBank.save``: the bank (embeddings, refresh
 steps, momentum), the queued publishes (steps, sizes, concatenated ``bank_pos`` and rows), the
 kept answers (``MiningAnswer.to_dict`` as JSON), the graphs in use and next (neighbour lists,
-build time and method; running builds are waited for first) and the counters. A service restored
+build time and method; running builds are waited for first), the partition epoch (visited
+classes, the dealt batches and the cursor: ``PartitionSampler.state_dict``), the diagnostics
+window (``DiagnosticsWindow.state_dict``) and the counters. A service restored
 from the file at a step boundary answers as the uninterrupted one does
 (``tests/unit/mining/test_mining.py``). A bank-only file of an older version restores too, with an
 empty queue, no kept answers and no graphs. ``state_bytes``/``restore_bytes`` carry the same
@@ -44,6 +46,8 @@ def save_state(service: MiningService, target: Path) -> None:
         "answer_steps": np.asarray(sorted(service.answers), dtype=np.int64),
         "answers_json": np.asarray(json.dumps([service.answers[s].to_dict() for s in sorted(service.answers)])),
         "graph_steps": np.asarray(sorted(graphs), dtype=np.int64),
+        **service.partition.state_dict(),
+        **service.diagnostics.state_dict(),
     }
     for s in sorted(graphs):
         graph = graphs[s]
@@ -77,6 +81,8 @@ def restore_state(service: MiningService, path: str) -> int:
         neighbours = extra[f"graph_{s}"].astype(np.int64)
         graphs[int(s)] = KnnGraph(neighbours, int(s), float(meta["build_seconds"]), str(meta["method"]))
     service.graph_schedule.replace(graphs, int(extra.get("last_boundary", -1)))
+    service.partition.load_state_dict(extra)
+    service.diagnostics.load_state_dict(extra)
     return service.latest_step
 
 

@@ -43,6 +43,9 @@ class StepMetrics:
     violation_rate: float | None = None
     staleness_at_selection_mean: float | None = None
     hard_share: float | None = None
+    mining_diagnostics: dict[str, float] = field(default_factory=dict)
+    """How the batches are composed (``MiningAnswer.diagnostics``: cluster size, epoch, distinct
+    classes, visit Gini, pairs above the similarity cap); empty when no service answered."""
     memory: dict[str, float] = field(default_factory=dict)
     """Cross-batch memory figures (``memory_fill``, ...); empty when the memory is off."""
     lr: float | None = None
@@ -77,5 +80,6 @@ class StepMetrics:
             "violation_rate": self.violation_rate,
             "staleness_at_selection_mean": self.staleness_at_selection_mean,
             "hard_share": self.hard_share,
+            **self.mining_diagnostics,
             **self.memory,
         }

@@ -250,6 +250,7 @@ class Trainer:
             violation_rate=violation,
             staleness_at_selection_mean=answer.staleness_at_selection_mean,
             hard_share=answer.hard_share,
+            mining_diagnostics=answer.diagnostics(),
             memory=self.memory.stats(step + 1),
             lr=lr,
             workers=self.world_size,

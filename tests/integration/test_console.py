@@ -40,13 +40,20 @@ def test_quickstart_console_is_quiet_and_short(small_data: DataConfig, ray_sessi
         "train.eval_every": STEPS // 2,
         "train.log_every": LOG_EVERY,
         "mining.warmup_coverage": 0.5,
+        # Relative, as the quickstart's default data/cache is: the workers must get it absolute.
+        "data.cache_dir": Path(small_data.cache_dir).name,
     }
     run_dir = tmp_path / "run"
     args = ["train", "quickstart", "--run-dir", str(run_dir), "--address", address, "--workers", "2"]
     args += ["--steps", str(STEPS), *set_args(settings)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "dml_dist", *args], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-m", "dml_dist", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=Path(small_data.cache_dir).parent,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
