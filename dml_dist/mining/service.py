@@ -21,22 +21,8 @@ An answer (``MiningAnswer``, ``mining/answer.py``) holds the classes, whether th
 rule ``random``), the rule, the hard share in force, the bank's figures, and every
 ``refresh_every`` steps the stale classes that the training side re-embeds (``mining/refresh.py``).
 
-Selection rules (``mining.rule``), compared in ``docs/results/mining.md``:
-- ``seed_neighbours``: random seeds, each with ``group_size - 1`` neighbours sampled by
-  softmax(similarity / temperature) among its ``top_k`` nearest (``selection.py``).
-- ``greedy``: Sohn's chain, each class the hardest for the chosen ones. Kept under its own name;
-  it lowered held-out Recall@1 against random classes on every set measured there: the chain
-  collapses a batch into one cluster of confusable classes.
-- ``random``: the service answers random classes (the baseline, with the service running).
-- ``partition``: epochs over balanced clusters of the class centres; every class is in one
-  batch per epoch and a batch is N / s whole clusters, s growing after warm-up
-  (``mining/partition.py``; its epoch is part of the state file).
-``similarity_cap`` keeps classes with near-duplicate centres out of one batch (partition,
-seed_neighbours). Every answer carries window figures (``mining/diagnostics.py``): distinct
-classes, the Gini coefficient of class visits, and the share of mined pairs above the cap.
-A schedule sets the mined share: 0 before ``warmup_steps``, then rising linearly over
-``ramp_steps`` to 1 - ``random_share``. Large banks are searched on a kNN graph
-(``mining/graph_schedule.py`` says which graph an answer uses).
+Selection rules (``mining.rule``) and the mined-share schedule: ``mining/__init__.py``. Large
+banks are searched on a kNN graph (``mining/graph_schedule.py`` says which graph an answer uses).
 
 Fault tolerance: the service saves its state to ``checkpoint_path`` every ``save_every_steps``
 steps and whenever the training side checkpoints (``save``); Ray restarts a dead actor with the
@@ -64,7 +50,8 @@ from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.diagnostics import DiagnosticsWindow
 from dml_dist.mining.graph_schedule import GraphSchedule
 from dml_dist.mining.hardness import nearest_negative_similarity
-from dml_dist.mining.partition import PartitionDraw, PartitionSampler, cluster_size
+from dml_dist.mining.partition import PartitionDraw, PartitionSampler
+from dml_dist.mining.partition_rule import observe_window, partition_draw
 from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 
 PUBLISH_LAG = 3
@@ -186,13 +173,12 @@ class MiningService:
         limit = step - PUBLISH_LAG - cfg.graph_rebuild_steps
         graph = self.graph_schedule.graph_for(limit) if self.uses_graph else None
         seen = self.bank.seen
-        trusted = seen
-        if cfg.fresh_within_steps > 0:
-            trusted = seen & (self.bank.last_step >= step - cfg.fresh_within_steps)
+        fresh = self.bank.last_step >= step - cfg.fresh_within_steps if cfg.fresh_within_steps > 0 else True
+        trusted = seen & fresh
         reason = None
         draw: PartitionDraw | None = None
         if cfg.rule == "partition":
-            draw, reason = self._partition_draw(step, n, trusted)
+            draw, reason = partition_draw(self.partition, cfg, step, n, self.bank.embeddings, trusted, self.is_warm())
         elif cfg.rule == "random":
             reason = "rule"
         elif share == 0.0 or not self.is_warm() or not trusted.any():
@@ -207,9 +193,8 @@ class MiningService:
             relied = np.zeros(n, dtype=bool)
         else:
             chosen, relied = self._select(step, n, share, trusted, graph.neighbours if graph is not None else None)
-        window = self._observe_window(chosen, reason is None, n, draw)
-        selection_seconds = time.perf_counter() - started
-        self._selection_seconds = [*self._selection_seconds[-99:], selection_seconds]
+        window = observe_window(self.diagnostics, self.bank, cfg.similarity_cap, chosen, reason is None, n, draw)
+        self._selection_seconds = [*self._selection_seconds[-99:], selection_seconds := time.perf_counter() - started]
         self.num_selections += 1
         hardness = nearest_negative_similarity(self.bank.embeddings, chosen[seen[chosen]])
         age = self.bank.refresh_age(self.applied_step)
@@ -241,38 +226,6 @@ class MiningService:
         for old in sorted(self.answers)[:-KEEP_ANSWERS]:
             del self.answers[old]
         return answer
-
-    def _partition_draw(self, step: int, n: int, trusted: np.ndarray) -> tuple[PartitionDraw | None, str | None]:
-        """Rule partition: the epoch's next batch, and why it is not mined (s = 1: ``warmup``).
-
-        A step older than the last one dealt (not among the kept answers) gets random classes
-        (``out_of_order``): dealing it would take a batch away from a later step.
-        """
-        cfg = self.config
-        if step <= self.partition.last_step:
-            return None, "out_of_order"
-        size = cluster_size(
-            step,
-            n,
-            cfg.warmup_steps,
-            cfg.partition_double_every_steps,
-            cfg.partition_max_cluster_size,
-            warm=self.is_warm(),
-        )
-        draw = self.partition.next_batch(
-            step, n, self.bank.embeddings, trusted, size, cfg.similarity_cap, cfg.partition_recluster_steps
-        )
-        return draw, None if draw.clustered.any() else "warmup"
-
-    def _observe_window(self, chosen: np.ndarray, mined: bool, n: int, draw: PartitionDraw | None) -> dict[str, Any]:
-        """Add the batch to the diagnostics window (a partition epoch; else ceil(C / N) batches)."""
-        window = self.diagnostics
-        epoch_batches = -(-self.bank.num_classes // n)
-        if (draw is not None and draw.new_epoch) or (draw is None and window.batches >= epoch_batches):
-            window.reset()
-        cap = self.config.similarity_cap
-        window.add(chosen, mined, self.bank.embeddings, self.bank.seen, cap)
-        return window.figures(cap)
 
     def _select(
         self, step: int, n: int, share: float, trusted: np.ndarray, neighbours: np.ndarray | None
