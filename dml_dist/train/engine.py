@@ -3,9 +3,8 @@
 Precision: ``auto`` is bf16 on GPU and fp32 on CPU. On CPU, Adam/AdamW use PyTorch's
 implementation (``torch_adam``) rather than compiling DeepSpeed's fused kernel.
 
-Console: DeepSpeed's own logger stays at its default (WARNING); the one line it prints with a
-bare ``print`` while ``initialize`` loads its shared-memory op ("DeepSpeed ... built
-successfully", from every worker) is dropped, and anything else it prints is passed on.
+Console: DeepSpeed's own logger stays at its default (WARNING). Its CPU shared-memory op is
+never built (``_skip_shm_comm_op``), so neither is its "built successfully" line printed.
 
 Schedule: DeepSpeed's own schedulers, stepped by ``engine.step()`` and saved in its
 checkpoints (so a resumed run continues the schedule). With T = ``train.steps``,
@@ -19,11 +18,7 @@ optimizer step t = 0, 1, ... runs (DeepSpeed's schedulers start at 0 and advance
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -125,39 +120,38 @@ def build_engine(
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
+    _skip_shm_comm_op()
     groups = parameter_groups(model, config.lr, config.weight_decay, config.backbone_lr_mult)
-    with _without_build_notice():
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=groups,
-            optimizer=optimizer,
-            config=deepspeed_config(
-                config,
-                micro_batch,
-                use_gpu,
-                with_optimizer=optimizer is None,
-                total_steps=total_steps,
-                group_lrs=[group["lr"] for group in groups],
-            ),
-            dist_init_required=False,
-        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        optimizer=optimizer,
+        config=deepspeed_config(
+            config,
+            micro_batch,
+            use_gpu,
+            with_optimizer=optimizer is None,
+            total_steps=total_steps,
+            group_lrs=[group["lr"] for group in groups],
+        ),
+        dist_init_required=False,
+    )
     return engine
 
 
-_BUILD_NOTICE = re.compile(r"^DeepSpeed \S+ built successfully$")
+def _skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce.
 
+    ``deepspeed.init_distributed`` on the CPU accelerator builds ``deepspeed_shm_comm`` with
+    torch's cpp_extension, and only DeepSpeed's inference all-reduce uses it; training reduces
+    through torch.distributed (gloo). The build needs a C++ compiler on every node, and every load
+    takes a lock file in the extensions folder: a worker killed while holding it (a lost node, a
+    cancelled job) leaves the file, and every later run on that node waits on it forever. Marked
+    incompatible, the op is skipped as on a platform without it.
+    """
+    import deepspeed.ops
 
-@contextlib.contextmanager
-def _without_build_notice() -> Iterator[None]:
-    """Hold back what is printed to stdout meanwhile; print it afterwards, less DeepSpeed's build notice."""
-    held = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(held):
-            yield
-    finally:
-        kept = [line for line in held.getvalue().splitlines() if not _BUILD_NOTICE.match(line)]
-        if kept:
-            print("\n".join(kept), flush=True)
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def engine_dtype(config: EngineConfig, use_gpu: bool) -> torch.dtype:

@@ -35,13 +35,23 @@ STEPPER = textwrap.dedent(
 )
 
 
-def _lrs(fields: dict, steps: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+def _lrs(fields: dict, steps: int, **env_extra: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", **env_extra}
     out = subprocess.run(
         [sys.executable, "-c", STEPPER, json.dumps(fields), str(steps)],
         capture_output=True, text=True, env=env, timeout=300, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_engine_starts_beside_a_lock_left_by_a_killed_build(tmp_path) -> None:
+    """A worker killed while DeepSpeed JIT-built its CPU shared-memory op left torch's lock file,
+    and every later run on that machine waited on it forever (CI timed out this way)."""
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()
+    got = _lrs({"lr": 0.1}, 2, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    assert got["lrs"] == [0.1, 0.1]
+    assert (tmp_path / "deepspeed_shm_comm" / "lock").exists()
 
 
 def test_warmup_cosine_follows_the_formula_and_deepspeed_keys_merge() -> None:
