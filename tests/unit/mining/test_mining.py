@@ -11,22 +11,12 @@ from dml_dist.mining.graph import build_knn_graph
 from dml_dist.mining.hardness import nearest_negative_similarity, violation_rate
 from dml_dist.mining.selection import select_hard_classes, select_seed_neighbours
 from dml_dist.mining.service import PUBLISH_LAG, MiningService
+from tests.unit.mining.service_driver import clustered_embeddings, drive_with_a_restart, unit
 
 
 def _config(**fields: object) -> MiningConfig:
     """Mining settings that mine from the first step unless a test sets a schedule."""
     return MiningConfig(**{"warmup_steps": 0, "ramp_steps": 0, **fields})  # type: ignore[arg-type]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _clusters(num_clusters: int, size: int, dim: int, noise: float, seed: int = 0) -> np.ndarray:
-    """[num_clusters * size, dim]: classes c and c' are in one cluster iff c // size == c' // size."""
-    rng = np.random.default_rng(seed)
-    centres = _unit(rng.standard_normal((num_clusters, dim)))
-    return _unit(np.repeat(centres, size, axis=0) + noise * rng.standard_normal((num_clusters * size, dim)))
 
 
 def _full_neighbours(emb: np.ndarray) -> np.ndarray:
@@ -39,7 +29,7 @@ def _full_neighbours(emb: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("path", ["exact", "graph"])
 def test_planted_near_duplicates_share_the_batch(path: str) -> None:
     """Every class has one near-duplicate; the greedy picks take whole pairs."""
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     neighbours = build_knn_graph(emb, k=8).neighbours if path == "graph" else None
     for seed in range(5):
         picks = select_hard_classes(emb, 40, seed=seed, neighbours=neighbours)
@@ -74,7 +64,7 @@ def test_uninformative_embeddings_behave_like_random_choice(kind: str) -> None:
 def test_full_graph_equals_exact() -> None:
     """With every other class as a neighbour, the graph path makes the exact path's picks."""
     rng = np.random.default_rng(1)
-    emb = _unit(rng.standard_normal((300, 16)))
+    emb = unit(rng.standard_normal((300, 16)))
     eligible = rng.random(300) < 0.8
     for seed in range(4):
         exact = select_hard_classes(emb, 60, seed=seed, eligible=eligible, random_share=0.2)
@@ -87,7 +77,7 @@ def test_full_graph_equals_exact() -> None:
 @pytest.mark.parametrize("ivf_above", [100_000, 100])
 def test_graph_and_exact_agree_on_separated_clusters(ivf_above: int) -> None:
     """Tight, far-apart clusters of 4: both paths pick whole clusters, the same first one."""
-    emb = _clusters(num_clusters=300, size=4, dim=32, noise=0.02, seed=2)
+    emb = clustered_embeddings(num_clusters=300, size=4, dim=32, noise=0.02, seed=2)
     graph = build_knn_graph(emb, k=8, ivf_above=ivf_above)
     assert graph.method.startswith("flat" if ivf_above > 1200 else "ivf")
     true_nbrs = np.arange(1200).reshape(300, 4)
@@ -103,14 +93,14 @@ def test_graph_and_exact_agree_on_separated_clusters(ivf_above: int) -> None:
 
 def test_graph_without_scored_candidates_falls_back_to_random() -> None:
     """Isolated classes (no neighbour lists): the graph path still returns N distinct classes."""
-    emb = _unit(np.random.default_rng(3).standard_normal((50, 8)))
+    emb = unit(np.random.default_rng(3).standard_normal((50, 8)))
     empty = np.full((50, 4), -1, dtype=np.int64)
     picks = select_hard_classes(emb, 30, seed=0, neighbours=empty)
     assert len(set(picks.tolist())) == 30
 
 
 def test_deterministic_for_a_seed() -> None:
-    emb = _unit(np.random.default_rng(4).standard_normal((500, 32)))
+    emb = unit(np.random.default_rng(4).standard_normal((500, 32)))
     nbrs = build_knn_graph(emb, k=16).neighbours
     for neighbours in (None, nbrs):
         a = select_hard_classes(emb, 50, seed=7, random_share=0.3, neighbours=neighbours)
@@ -121,7 +111,7 @@ def test_deterministic_for_a_seed() -> None:
 
 
 def test_random_share_is_respected() -> None:
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     mixed = select_hard_classes(emb, 40, seed=3, random_share=0.25)
     hard_only = select_hard_classes(emb, 30, seed=3)
     np.testing.assert_array_equal(mixed[:30], hard_only)  # 30 greedy picks, then 10 random ones
@@ -138,7 +128,7 @@ def test_random_share_is_respected() -> None:
 
 def test_seed_neighbours_pairs_each_seed_with_its_twin() -> None:
     """Near-duplicate pairs (2i, 2i+1): with K = 1 every seed is joined by its twin."""
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     for neighbours in (None, build_knn_graph(emb, k=8).neighbours):
         classes, relied = select_seed_neighbours(emb, 40, seed=1, top_k=1, neighbours=neighbours)
         assert len(set(classes.tolist())) == 40
@@ -168,7 +158,7 @@ def test_seed_neighbours_samples_among_the_top_k_by_softmax() -> None:
 
 
 def test_seed_neighbours_seeds_cover_all_classes_and_need_an_embedding_for_neighbours() -> None:
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     eligible = np.zeros(200, dtype=bool)
     eligible[:100] = True
     seen_as_seed = np.zeros(200, dtype=bool)
@@ -233,7 +223,7 @@ def test_service_warms_up_selects_refreshes_and_restores(tmp_path) -> None:  # t
     config = _config(rule="greedy", warmup_coverage=0.5, random_share=0.0, refresh_every=5, refresh_after_steps=3)
     path = tmp_path / "bank.npz"
     service = MiningService(200, 32, config, seed=0, checkpoint_path=str(path))
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     assert service.next_classes(1, 20).mined is False  # cold: random classes
     service.publish(1, np.arange(120), emb[:120])
     # The answer for step t reads the publishes of steps <= t - PUBLISH_LAG only.
@@ -262,7 +252,7 @@ def test_service_uses_the_graph_on_large_banks() -> None:
         graph_rebuild_steps=5,
     )
     service = MiningService(200, 32, config, seed=0)
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     service.publish(1, np.arange(200), emb)
     # The graph of the bank at step 5 is used from step 5 + R + PUBLISH_LAG on; random before.
     first = 5 + 5 + PUBLISH_LAG
@@ -275,7 +265,7 @@ def test_service_uses_the_graph_on_large_banks() -> None:
 
 
 def test_random_rule_and_warmup_schedule() -> None:
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     random_rule = MiningService(200, 32, _config(rule="random", warmup_coverage=0.0), seed=0)
     random_rule.publish(0, np.arange(200), emb)
     answer = random_rule.next_classes(10, 20)
@@ -292,7 +282,7 @@ def test_random_rule_and_warmup_schedule() -> None:
 
 
 def test_fresh_within_steps_mines_only_recently_refreshed_classes() -> None:
-    emb = _clusters(num_clusters=100, size=2, dim=32, noise=0.05)
+    emb = clustered_embeddings(num_clusters=100, size=2, dim=32, noise=0.05)
     config = _config(warmup_coverage=0.0, random_share=0.0, fresh_within_steps=10)
     service = MiningService(200, 32, config, seed=0)
     service.publish(0, np.arange(100), emb[:100])  # old by step 40
@@ -307,30 +297,11 @@ def test_fresh_within_steps_mines_only_recently_refreshed_classes() -> None:
     assert any_age.next_classes(40, 40).staleness_at_selection_max == 40
 
 
-def _drive(service: MiningService, steps: range, n: int, emb: np.ndarray, seed: int) -> list[list[int]]:
-    """Run a service as the training side does: ask two steps ahead, publish each step's classes
-    (and every 5th step a refresh of the stale classes it was told), in the loop's order."""
-    answers = []
-    for t in steps:
-        answer = service.next_classes(t, n)
-        service.next_classes(t + 1, n)
-        service.next_classes(t + 2, n)
-        classes = np.asarray(answer.classes)
-        noise = np.random.default_rng([seed, t]).standard_normal((n, emb.shape[1])).astype(np.float32)
-        drift = 0.3 * np.sin(t / 7.0)  # the model moves: the class embeddings change with t
-        service.publish(t, classes, emb[classes] + drift * noise)
-        stale = answer.stale_classes
-        if stale:
-            service.publish(t, np.asarray(stale), emb[np.asarray(stale)])
-        answers.append(answer.classes)
-    return answers
-
-
 @pytest.mark.parametrize("search", ["exact", "graph"])
 @pytest.mark.parametrize("rule", ["seed_neighbours", "greedy"])
 def test_resumed_service_answers_as_the_uninterrupted_one(tmp_path, search: str, rule: str) -> None:  # type: ignore[no-untyped-def]
     """Save at step s, restore into a fresh service: the answers from s on are the same."""
-    emb = _clusters(num_clusters=150, size=2, dim=16, noise=0.1)
+    emb = clustered_embeddings(num_clusters=150, size=2, dim=16, noise=0.1)
     config = _config(
         rule=rule,
         warmup_coverage=0.3,
@@ -344,14 +315,8 @@ def test_resumed_service_answers_as_the_uninterrupted_one(tmp_path, search: str,
         graph_rebuild_steps=6,
     )
     n, total, s = 24, 60, 27
-    uninterrupted = MiningService(300, 16, config, seed=3)
-    full = _drive(uninterrupted, range(total), n, emb, seed=1)
-    first = MiningService(300, 16, config, seed=3)
-    _drive(first, range(s), n, emb, seed=1)
-    path = first.save(str(tmp_path / "state.npz"))
-    resumed = MiningService(300, 16, config, seed=3)
-    assert resumed.restore(path) == s - 1
-    assert _drive(resumed, range(s, total), n, emb, seed=1) == full[s:]
+    uninterrupted, _, full, restored_step = drive_with_a_restart(config, emb, n, total, s, tmp_path)
+    assert restored_step == s - 1
     assert sum(answer != full[0] for answer in full) > 0 and uninterrupted.stats()["selections"] > 0
     if search == "graph":
         assert uninterrupted.stats()["graph_step"] is not None

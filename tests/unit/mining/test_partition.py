@@ -14,12 +14,12 @@ from dml_dist.mining.diagnostics import batch_diagnostics, gini
 from dml_dist.mining.partition import PartitionSampler, cluster_size, conflicts, deal_epoch
 from dml_dist.mining.selection import select_seed_neighbours
 from dml_dist.mining.service import MiningService
-from tests.unit.mining.test_mining import _clusters, _drive, _unit
+from tests.unit.mining.service_driver import clustered_embeddings, drive_with_a_restart, unit
 
 
 def _twins(num_pairs: int, dim: int = 16, seed: int = 0) -> np.ndarray:
     """[2 P, dim]: classes 2i and 2i+1 are near-duplicates (cosine > 0.95), other pairs far apart."""
-    return _clusters(num_clusters=num_pairs, size=2, dim=dim, noise=0.03, seed=seed)
+    return clustered_embeddings(num_clusters=num_pairs, size=2, dim=dim, noise=0.03, seed=seed)
 
 
 def _epochs(sampler: PartitionSampler, steps: int, n: int, emb: np.ndarray, trusted: np.ndarray, **kw: object):  # type: ignore[no-untyped-def]
@@ -38,7 +38,7 @@ def _epochs(sampler: PartitionSampler, steps: int, n: int, emb: np.ndarray, trus
 # ----------------------------------------------------------------------------- (e) balanced clusters
 @pytest.mark.parametrize(("num_rows", "size"), [(103, 4), (64, 8), (5, 8), (200, 1), (1000, 2)])
 def test_clusters_have_exactly_s_members_and_cover_every_row_once(num_rows: int, size: int) -> None:
-    emb = _unit(np.random.default_rng(0).standard_normal((num_rows, 8)))
+    emb = unit(np.random.default_rng(0).standard_normal((num_rows, 8)))
     clusters, leftovers = balanced_clusters(emb, size, seed=3)
     assert clusters.shape == (num_rows // size, size)
     assert leftovers.size == num_rows % size
@@ -50,7 +50,7 @@ def test_clusters_have_exactly_s_members_and_cover_every_row_once(num_rows: int,
 @pytest.mark.parametrize("dim", [32, 96])  # 96: clustered in the top 32 principal directions
 def test_clusters_gather_close_classes(dim: int) -> None:
     """Far-apart groups of 8: most clusters of 8 hold at most 2 groups (random cuts would hold ~8)."""
-    emb = _clusters(num_clusters=32, size=8, dim=dim, noise=0.05, seed=1)
+    emb = clustered_embeddings(num_clusters=32, size=8, dim=dim, noise=0.05, seed=1)
     perm = np.random.default_rng(2).permutation(emb.shape[0])
     clusters, _ = balanced_clusters(emb[perm], 8, seed=0)
     groups = perm[clusters] // 8
@@ -74,7 +74,7 @@ def test_cluster_size_schedule() -> None:
 def test_every_class_once_per_epoch(recluster: int) -> None:
     """C = 103 (not a multiple of N = 12), 23 classes not in the bank, s growing mid-epoch."""
     num_classes, n = 103, 12
-    emb = _unit(np.random.default_rng(0).standard_normal((num_classes, 8)))
+    emb = unit(np.random.default_rng(0).standard_normal((num_classes, 8)))
     trusted = np.ones(num_classes, dtype=bool)
     trusted[np.random.default_rng(1).choice(num_classes, 23, replace=False)] = False
     emb[~trusted] = 0.0  # as in the bank: no centre yet
@@ -90,7 +90,7 @@ def test_every_class_once_per_epoch(recluster: int) -> None:
 
 
 def test_a_batch_is_whole_clusters() -> None:
-    emb = _clusters(num_clusters=30, size=4, dim=16, noise=0.05)
+    emb = clustered_embeddings(num_clusters=30, size=4, dim=16, noise=0.05)
     plan = deal_epoch(np.arange(120), emb, np.ones(120, bool), n=16, size=4, cap=1.0, seed=0)
     assert plan.classes_BN.shape == (8, 16) and plan.real_BN[-1].sum() == 120 - 7 * 16
     clusters, _ = balanced_clusters(emb, 4, seed=0)
@@ -157,17 +157,10 @@ def _partition_config(**fields: object) -> MiningConfig:
 
 
 def test_resumed_partition_service_deals_the_same_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    emb = _clusters(num_clusters=75, size=4, dim=16, noise=0.1)  # 300 classes, N = 24: 12.5 batches an epoch
+    emb = clustered_embeddings(num_clusters=75, size=4, dim=16, noise=0.1)  # 300 classes, N = 24: 12.5 batches an epoch
     config = _partition_config()
-    n, total, s = 24, 50, 23
-    uninterrupted = MiningService(300, 16, config, seed=3)
-    full = _drive(uninterrupted, range(total), n, emb, seed=1)
-    first = MiningService(300, 16, config, seed=3)
-    _drive(first, range(s), n, emb, seed=1)
-    path = first.save(str(tmp_path / "state.npz"))
-    resumed = MiningService(300, 16, config, seed=3)
-    resumed.restore(path)
-    assert _drive(resumed, range(s, total), n, emb, seed=1) == full[s:]
+    n, total = 24, 50
+    uninterrupted, resumed, _, _ = drive_with_a_restart(config, emb, n, total, 23, tmp_path)
     late = uninterrupted.next_classes(total - 1, n)
     assert late.mined and late.rule == "partition" and late.cluster_size == 4 and late.epoch >= 2
     again = resumed.next_classes(total - 1, n)
