@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from dml_dist.config.loader import load_config, resolve_config_path
+from dml_dist.distributed.ray_auth import enable_token_auth
 
 EXCLUDES = [
     # secrets: cloud and SSH credentials, environment files, keys, Ray's token, package tokens
@@ -61,19 +61,6 @@ EXCLUDES = [
 ]
 """Paths left out of the uploaded working directory (gitignore patterns, any depth unless they hold a ``/``)."""
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def enable_token_auth() -> None:
-    """Put this process's Ray client in token mode when a token exists and ``RAY_AUTH_MODE`` is
-    unset (a cluster started with a token refuses clients that send none). Ray caches the mode
-    when it is imported, so the cache is refreshed when ``ray`` is already loaded."""
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in os.environ and ("RAY_AUTH_TOKEN" in os.environ or token_file.is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
-        if "ray" in sys.modules:
-            from ray._raylet import Config  # type: ignore[attr-defined]
-
-            Config.initialize("")
 
 
 def resolve_address(address: str | None) -> str:
@@ -165,7 +152,7 @@ def submit(
     run's name (``run_files.run_name``); ``data``/``eval_data`` are paths on the cluster, as
     ``train --data --eval-data`` takes them."""
     from dml_dist.config.credentials import refuse_credentials
-    from dml_dist.train.run_files import RUN_METADATA_KEY, run_name
+    from dml_dist.run_files import RUN_METADATA_KEY, run_name
 
     for flag, value in (("--run-dir", run_dir), ("--storage", storage), ("--data", data), ("--eval-data", eval_data)):
         refuse_credentials(value, flag)

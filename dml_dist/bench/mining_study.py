@@ -60,7 +60,8 @@ class LocalMiningClient(RandomClasses):
 
 def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eval_at: list[int]) -> dict[str, Any]:
     """Train ``steps`` steps and evaluate at ``eval_at``; returns the figures (see module docstring)."""
-    from dml_dist.train.loop import Trainer, WorkerPlan
+    from dml_dist.train.loop import Trainer
+    from dml_dist.train.worker_plan import WorkerPlan
 
     config = load_config(
         config_path, [*overrides, f"train.seed={seed}", f"train.steps={steps}", "metrics.enabled=false"]

@@ -10,17 +10,40 @@ turns the progress bars off and the libraries down to ERROR. Progress bars go to
 
 One module per group of commands, each with its parsers (``register``) and what they run:
 ``train`` (train, tune), ``evaluate`` (eval, embed), ``shards``, ``datasets``, ``config``, ``bench`` (one
-subcommand per suite), ``cluster`` (submit, jobs); ``parser`` puts them together.
+subcommand per suite), ``cluster`` (submit, jobs), on the shared pieces in ``parser``; ``build_parser`` puts them together.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from dml_dist.cli.parser import build_parser
+from dml_dist import __version__
+from dml_dist.cli import bench, cluster, config, datasets, evaluate, shards, train
+from dml_dist.cli.parser import Commands, HelpFormatter, console_options
 from dml_dist.observability.logging import configure_console
 
 __all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dml-dist",
+        description="Distributed large-batch deep metric learning.",
+        formatter_class=HelpFormatter,
+        parents=[console_options(default=None)],
+    )
+    parser.add_argument("--version", action="version", version=f"dml-dist {__version__}")
+    commands = Commands(parser.add_subparsers(dest="command", required=True), console_options(argparse.SUPPRESS))
+    train.register_train(commands)
+    evaluate.register(commands)
+    shards.register(commands)
+    datasets.register(commands)
+    config.register(commands)
+    bench.register(commands)
+    cluster.register(commands)
+    train.register_tune(commands)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

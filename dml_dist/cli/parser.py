@@ -1,11 +1,11 @@
-"""The ``dml-dist`` parser: top-level options, and each command module's parsers put together."""
+"""The pieces of the ``dml-dist`` parser that every command module uses: the help format, the
+console options and ``Commands``; ``cli/__init__.py`` puts the command modules' parsers together."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from dml_dist import __version__
 from dml_dist.observability.logging import LEVELS
 
 
@@ -56,25 +56,3 @@ class Commands:
     def nested(self, parser: argparse.ArgumentParser, dest: str) -> Commands:
         """The subcommands of ``parser`` (``dml-dist config show``, ``dml-dist bench losses``)."""
         return Commands(parser.add_subparsers(dest=dest, required=True), self.common)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from dml_dist.cli import bench, cluster, config, datasets, evaluate, shards, train
-
-    parser = argparse.ArgumentParser(
-        prog="dml-dist",
-        description="Distributed large-batch deep metric learning.",
-        formatter_class=HelpFormatter,
-        parents=[console_options(default=None)],
-    )
-    parser.add_argument("--version", action="version", version=f"dml-dist {__version__}")
-    commands = Commands(parser.add_subparsers(dest="command", required=True), console_options(argparse.SUPPRESS))
-    train.register_train(commands)
-    evaluate.register(commands)
-    shards.register(commands)
-    datasets.register(commands)
-    config.register(commands)
-    bench.register(commands)
-    cluster.register(commands)
-    train.register_tune(commands)
-    return parser

@@ -237,6 +237,15 @@ class TrainConfig:
         check_ranges(self, "train")
 
 
+PROTOCOLS: dict[str, list[int]] = {
+    "cub200": [1, 2, 4, 8, 16, 32],
+    "cars196": [1, 2, 4, 8, 16, 32],
+    "sop": [1, 10, 100, 1000],
+    "inshop": [1, 10, 20, 30, 40, 50],
+}
+"""The K of Recall@K that each data set's papers report."""
+
+
 @dataclass
 class EvalConfig:
     """Retrieval evaluation on held-out classes (faiss)."""
@@ -262,21 +271,16 @@ class EvalConfig:
 
     def ks(self) -> list[int]:
         """The K of Recall@K: the protocol's list, or ``recall_at``."""
-        from dml_dist.eval.retrieval import PROTOCOLS
-
         return list(PROTOCOLS[self.protocol]) if self.protocol is not None else list(self.recall_at)
 
     def validate(self) -> None:
         """The section's own rules; ``ValueError`` naming the field."""
         if not self.recall_at or any(k <= 0 for k in self.recall_at):
             raise ValueError(f"eval.recall_at: expected positive ints, got {self.recall_at}")
-        if self.protocol is not None:
-            from dml_dist.eval.retrieval import PROTOCOLS
-
-            if self.protocol not in PROTOCOLS:
-                raise ValueError(
-                    f"eval.protocol: unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}, or null"
-                )
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"eval.protocol: unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}, or null"
+            )
         check_ranges(self, "eval")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dml_dist.config import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
-from dml_dist.data.shard_layout import IMAGE_EXTENSIONS, MANIFEST, is_complete, read_manifest
+from dml_dist.data.shard_layout import IMAGE_SUFFIXES, MANIFEST, is_complete, read_manifest
 from dml_dist.data.shard_writer import Sample, write_shards
 from dml_dist.data.tar_stream import expand_urls, is_remote
 from dml_dist.observability.progress import progress_bar
@@ -131,9 +131,8 @@ def check_shard_path(field: str, path: Path, allow_root: bool) -> None:
 
 def _holds_images(directory: Path, limit: int = 2000) -> bool:
     """True when an image file lies in ``directory`` or below (the first ``limit`` entries looked at)."""
-    suffixes = {f".{ext}" for ext in IMAGE_EXTENSIONS}
     for seen, path in enumerate(directory.rglob("*")):
-        if path.suffix.lower() in suffixes:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
             return True
         if seen >= limit:
             return False

@@ -10,8 +10,8 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
+from dml_dist.data.shard_layout import IMAGE_SUFFIXES
 from dml_dist.data.shard_writer import Sample
-from dml_dist.eval.embed import IMAGE_SUFFIXES
 
 
 def folder_classes(source: str | Path) -> list[tuple[str, list[Path]]]:

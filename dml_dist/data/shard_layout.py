@@ -29,6 +29,8 @@ FINGERPRINT = "fingerprint.txt"
 SHARD_PATTERN = "shard-%06d.tar"
 BAD_SUFFIX = ".bad.json"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp")
+IMAGE_SUFFIXES = frozenset(f".{ext}" for ext in IMAGE_EXTENSIONS)
+"""The image files that ``dml-dist shards`` and ``dml-dist embed`` read from a folder."""
 
 
 def is_complete(directory: str | Path) -> bool:

@@ -93,9 +93,9 @@ class Embedder:
 def load_embedder(run_dir: str | Path, device: str | torch.device | None = None) -> Embedder:
     """The trained embedder of a run directory, in eval mode (on the GPU when there is one, unless
     ``device`` says otherwise)."""
+    from dml_dist import run_files
     from dml_dist.config.loader import load_config
     from dml_dist.models import build_model
-    from dml_dist.train import run_files
 
     root = Path(run_dir)
     config_path = root / run_files.CONFIG

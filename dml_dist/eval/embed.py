@@ -17,13 +17,11 @@ from torch import nn
 
 from dml_dist.data.bad_data import BadDataLog
 from dml_dist.data.images import decode_image
-from dml_dist.data.shard_layout import is_complete, read_manifest
+from dml_dist.data.shard_layout import IMAGE_SUFFIXES, is_complete, read_manifest
 from dml_dist.data.tar_stream import expand_urls, iter_tar_samples
 from dml_dist.observability.progress import progress_bar
 
 T = TypeVar("T")
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def embed_encoded(

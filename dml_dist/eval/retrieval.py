@@ -34,14 +34,6 @@ from typing import Any
 
 import numpy as np
 
-PROTOCOLS: dict[str, list[int]] = {
-    "cub200": [1, 2, 4, 8, 16, 32],
-    "cars196": [1, 2, 4, 8, 16, 32],
-    "sop": [1, 10, 100, 1000],
-    "inshop": [1, 10, 20, 30, 40, 50],
-}
-"""The K of Recall@K that each data set's papers report."""
-
 
 @dataclass
 class RetrievalReport:

@@ -62,11 +62,9 @@ ZeRO never partitions it and the exported model never carries it)::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-
-from dml_dist.config import MemoryConfig
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -207,7 +205,18 @@ class NoMemory:
 Memory = CrossBatchMemory | NoMemory
 
 
-def build_memory(config: MemoryConfig, dim: int, device: torch.device | str = "cpu") -> Memory:
+class MemorySettings(Protocol):
+    """The fields of ``config.MemoryConfig`` that a memory is built from (losses sit below config)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def weight(self) -> float: ...
+    @property
+    def start_step(self) -> int: ...
+
+
+def build_memory(config: MemorySettings, dim: int, device: torch.device | str = "cpu") -> Memory:
     """The memory of ``config`` for D = ``dim`` embeddings, or ``NoMemory`` when its size is 0."""
     if config.size == 0:
         return NoMemory()

@@ -17,18 +17,34 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from dml_dist.mining.answer import MiningAnswer
+from dml_dist.mining.bank import ClassBank
+from dml_dist.mining.diagnostics import DiagnosticsWindow
 from dml_dist.mining.graph import KnnGraph
+from dml_dist.mining.graph_schedule import GraphSchedule
+from dml_dist.mining.partition import PartitionSampler
 
-if TYPE_CHECKING:
-    from dml_dist.mining.service import MiningService
+
+class ServiceParts(Protocol):
+    """What the state file holds of a ``mining.service.MiningService`` (a protocol, so that this
+    module does not import the service that imports it)."""
+
+    bank: ClassBank
+    graph_schedule: GraphSchedule
+    partition: PartitionSampler
+    diagnostics: DiagnosticsWindow
+    queue: list[tuple[int, np.ndarray, np.ndarray]]  # (step, class ids [n], embeddings [n, D])
+    answers: dict[int, MiningAnswer]
+    latest_step: int
+    applied_step: int
+    num_selections: int
 
 
-def save_state(service: MiningService, target: Path) -> None:
+def save_state(service: ServiceParts, target: Path) -> None:
     """Write ``service``'s whole state to ``target`` atomically (see the module docstring)."""
     service.graph_schedule.wait()
     queue = service.queue
@@ -58,7 +74,7 @@ def save_state(service: MiningService, target: Path) -> None:
     service.bank.save(target, **arrays)
 
 
-def restore_state(service: MiningService, path: str) -> int:
+def restore_state(service: ServiceParts, path: str) -> int:
     """Load ``save_state``'s file into ``service``; returns the step restored to (the newest publish)."""
     extra = service.bank.load(path)
     service.latest_step = int(extra.get("latest_step", int(service.bank.last_step.max())))
@@ -86,7 +102,7 @@ def restore_state(service: MiningService, path: str) -> int:
     return service.latest_step
 
 
-def state_bytes(service: MiningService) -> bytes:
+def state_bytes(service: ServiceParts) -> bytes:
     """``save_state``'s file as bytes."""
     with tempfile.TemporaryDirectory(prefix="dml-dist-mining-") as scratch:
         path = Path(scratch) / "state.npz"
@@ -94,7 +110,7 @@ def state_bytes(service: MiningService) -> bytes:
         return path.read_bytes()
 
 
-def restore_bytes(service: MiningService, data: bytes) -> int:
+def restore_bytes(service: ServiceParts, data: bytes) -> int:
     """Load the bytes ``state_bytes`` returned; returns the step restored to."""
     with tempfile.TemporaryDirectory(prefix="dml-dist-mining-") as scratch:
         path = Path(scratch) / "state.npz"

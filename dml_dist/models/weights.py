@@ -33,7 +33,7 @@ from torch import nn
 from dml_dist.models.timm_backbone import create_timm_model, timm_name
 
 HUB_PREFIX = "hf-hub:"
-EMBEDDER_FILE = "embedder.pt"  # train/run_files.py's name of the trained embedder in a run directory
+EMBEDDER_FILE = "embedder.pt"  # run_files.py's name of the trained embedder in a run directory
 
 
 def ways_to_provide(backbone: str) -> str:

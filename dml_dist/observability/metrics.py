@@ -42,18 +42,42 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
   (only when ``memory.size`` > 0).
 
 A step's figures come as one ``StepMetrics`` (``observability/step_metrics.py``), the mining
-figures as the step's ``MiningAnswer`` (``mining/answer.py``).
+figures as the step's ``MiningAnswer`` (``mining/answer.py``), read through ``MiningFigures``.
 """
 
 from __future__ import annotations
 
 import resource
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from dml_dist.mining.answer import MiningAnswer
 from dml_dist.observability.step_metrics import StepMetrics
+
+
+class MiningFigures(Protocol):
+    """The fields of ``mining.answer.MiningAnswer`` that the mining series show (a protocol:
+    observability sits below mining)."""
+
+    @property
+    def fallback(self) -> bool: ...
+    @property
+    def refresh_age_max(self) -> float | None: ...
+    @property
+    def refresh_age_mean(self) -> float | None: ...
+    @property
+    def selection_seconds(self) -> float | None: ...
+    @property
+    def staleness_at_selection_mean(self) -> float | None: ...
+    @property
+    def staleness_at_selection_max(self) -> float | None: ...
+    @property
+    def rule(self) -> str | None: ...
+    @property
+    def hard_share(self) -> float | None: ...
+    @property
+    def negative_similarity(self) -> float | None: ...
+
 
 STEP_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
@@ -64,7 +88,7 @@ class NullMetrics:
     def observe_step(self, row: StepMetrics) -> None:
         pass
 
-    def observe_mining(self, answer: MiningAnswer) -> None:
+    def observe_mining(self, answer: MiningFigures) -> None:
         pass
 
     def observe_eval(self, recall: dict[int, float]) -> None:
@@ -153,7 +177,7 @@ class RayMetrics(NullMetrics):
             self._memory_age.set(row.memory["memory_age_max_steps"], tags={**tags, "stat": "max"})
             self._memory_bytes.set(row.memory.get("memory_bytes", 0.0), tags=tags)
 
-    def observe_mining(self, answer: MiningAnswer) -> None:
+    def observe_mining(self, answer: MiningFigures) -> None:
         tags = self._tags
         if answer.fallback:
             self._fallbacks.inc(1, tags=tags)

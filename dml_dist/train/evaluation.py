@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from dml_dist import run_files
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.eval.gallery import write_run_gallery
 from dml_dist.eval.heldout import evaluate_shards
 from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.eval.retrieval import format_recall_table
 from dml_dist.observability.metrics import NullMetrics
-from dml_dist.train import run_files
-
-if TYPE_CHECKING:
-    from dml_dist.train.loop import WorkerPlan
+from dml_dist.train.worker_plan import WorkerPlan
 
 
 class HeldOutEvaluator:

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dml_dist import run_files
 from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import save_config
 from dml_dist.config.schema import ExperimentConfig
@@ -28,12 +29,13 @@ from dml_dist.losses import build_loss
 from dml_dist.mining.actor import BANK_FILE, start_mining_actor
 from dml_dist.models.input_config import resolve_input
 from dml_dist.observability.logging import library_level, worker_env
-from dml_dist.train import run_directory, run_files, run_lease, uri_storage
+from dml_dist.train import run_directory, run_lease, uri_storage
 from dml_dist.train.errors import STOPPED, TrainingStopped
-from dml_dist.train.loop import WorkerPlan, train_loop_per_worker
+from dml_dist.train.loop import train_loop_per_worker
 from dml_dist.train.model_sources import check_weights
 from dml_dist.train.preflight import Demand, check_resources, connect_ray
 from dml_dist.train.storage import SharedPath, check_nodes_see
+from dml_dist.train.worker_plan import WorkerPlan
 
 
 def check_batch_fits(config: ExperimentConfig, num_train_classes: int) -> None:
@@ -51,11 +53,11 @@ def init_ray(address: str | None, cpus: int, run: str | None = None) -> None:
     """Join the cluster at ``address`` (else ``RAY_ADDRESS``), or start a local Ray instance with
     room for the workers. ``run``: the run's name, put in the Ray job's metadata.
 
-    A joined cluster gets this client's token when one exists (``jobs.enable_token_auth``), and a
+    A joined cluster gets this client's token when one exists (``distributed/ray_auth.py``), and a
     refused token is one line, not a traceback (``preflight.connect_ray``)."""
     import ray
 
-    from dml_dist.jobs import enable_token_auth
+    from dml_dist.distributed.ray_auth import enable_token_auth
 
     # Ray Train V2 tees worker prints into its logger, which shows every line twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")

@@ -19,7 +19,7 @@ every rank saves a checkpoint of the last finite state and returns, the reason i
 report (``train/errors.py``), so Ray Train does not retry it like a crash.
 A worker starts from the newest intact checkpoint when there is one (``train/resume.py``). The run's
 files are written by rank 0 into the run directory, on the storage every node mounts
-(``train/run_files.py``), or into a node-local mirror of a URI storage that every report uploads
+(``run_files.py``), or into a node-local mirror of a URI storage that every report uploads
 (``train/uri_storage.py``); scratch for a checkpoint is a node-local temporary directory.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.config.loader import config_to_dict
-from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.loader import build_loader
 from dml_dist.distributed import collectives
 from dml_dist.losses.memory import LossWithMemory, build_memory
@@ -56,19 +54,7 @@ from dml_dist.train.evaluation import HeldOutEvaluator
 from dml_dist.train.model_sources import build_trained
 from dml_dist.train.resume import resume
 from dml_dist.train.step import optimizer_step
-
-
-@dataclass
-class WorkerPlan:
-    """What the driver hands every worker (plain data plus the mining actor handle)."""
-
-    config: ExperimentConfig
-    train_shards: str
-    eval_shards: str
-    run_dir: str
-    job_name: str
-    mining_actor: Any = None
-    resume: bool = False
+from dml_dist.train.worker_plan import WorkerPlan
 
 
 def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from dml_dist import run_files
 from dml_dist.config import ModelConfig
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
-from dml_dist.train import run_files, uri_storage
+from dml_dist.train import uri_storage
 
 
 def _local_copy(uri: str, field: str) -> Path:

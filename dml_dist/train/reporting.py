@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
+from dml_dist import run_files
 from dml_dist.atomic import write_json_atomic
 from dml_dist.distributed import collectives
-from dml_dist.observability.plots import write_training_curves
 from dml_dist.observability.progress import format_step_line
 from dml_dist.observability.step_metrics import StepMetrics
-from dml_dist.train import checkpoint, run_files, uri_storage
+from dml_dist.train import checkpoint, uri_storage
+from dml_dist.train.curves import write_training_curves
 from dml_dist.train.storage import node_info
 
 

@@ -19,16 +19,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dml_dist import run_files
 from dml_dist.distributed import collectives
 from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.losses.memory import Memory
 from dml_dist.mining.client import ClassSource
-from dml_dist.train import checkpoint, run_files, uri_storage
-
-if TYPE_CHECKING:
-    from dml_dist.train.loop import WorkerPlan
+from dml_dist.train import checkpoint, uri_storage
+from dml_dist.train.worker_plan import WorkerPlan
 
 
 @dataclass

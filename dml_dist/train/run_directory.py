@@ -32,10 +32,11 @@ from typing import Any
 
 import yaml
 
+from dml_dist import run_files
 from dml_dist.atomic import write_text_atomic
 from dml_dist.config.loader import config_to_dict
 from dml_dist.config.schema import ExperimentConfig
-from dml_dist.train import checkpoint, run_files, uri_storage
+from dml_dist.train import checkpoint, uri_storage
 from dml_dist.train.run_lease import LEASE
 from dml_dist.train.storage import PROBE_DIR
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from dml_dist.data.shard_layout import MANIFEST  # a shard directory is complete once it holds this
 from dml_dist.distributed import collectives
-from dml_dist.train.run_files import CHECKPOINTS
+from dml_dist.run_files import CHECKPOINTS
 
 SCRATCH = "dml-dist"
 

@@ -177,7 +177,7 @@ def test_submit_passes_the_data_and_the_run_name(
     from ray._private import worker
     from ray.job_submission import JobSubmissionClient
 
-    from dml_dist.jobs import enable_token_auth
+    from dml_dist.distributed.ray_auth import enable_token_auth
 
     dashboard = f"http://{worker._global_node.address_info['webui_url']}"
     (tmp_path / "empty").mkdir()

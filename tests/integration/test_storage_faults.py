@@ -128,7 +128,8 @@ def test_a_shard_that_cannot_be_read_fails_the_training_step(
     from dml_dist.data import bad_data
     from dml_dist.data.datasets import resolve_data
     from dml_dist.distributed import collectives
-    from dml_dist.train.loop import Trainer, WorkerPlan
+    from dml_dist.train.loop import Trainer
+    from dml_dist.train.worker_plan import WorkerPlan
 
     data = resolve_data(small_data)
     train = tmp_path / "train"

@@ -35,22 +35,25 @@ PEER_LR = 1e-3
 def run_dml_dist_row(
     config_path: str | Path, overrides: list[str], paths: tuple[Path, Path], run_dir: Path
 ) -> RowResult:
-    """``dml-dist train`` through the command line; the figures from its run directory."""
+    """``dml-dist train``'s driver (``run_training``), as the command runs it with ``--data`` and
+    ``--eval-data``; the figures from its run directory."""
+    import os
     import shutil
 
-    from dml_dist.cli import main
+    from dml_dist import run_files
+    from dml_dist.config.loader import load_config
     from dml_dist.eval.api import load_embedder
-    from dml_dist.train import run_files
+    from dml_dist.observability.logging import local_ray_env
+    from dml_dist.train.launcher import run_training
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    # No -q: it would set this process's console (TQDM_DISABLE, library levels) for good.
-    args = ["train", str(config_path), "--run-dir", str(run_dir)]
-    args += ["--data", str(paths[0]), "--eval-data", str(paths[1])]
-    for item in overrides:
-        args += ["--set", item]
-    if main(args) != 0:
-        raise ValueError(f"bench peers: dml-dist train failed (run directory {run_dir})")
+    data = [f"data.train_shards={json.dumps(str(paths[0]))}", f"data.eval_shards={json.dumps(str(paths[1]))}"]
+    config = load_config(config_path, [*overrides, *data])
+    if not os.environ.get("RAY_ADDRESS"):
+        for key, value in local_ray_env().items():  # as `dml-dist train` starts its own local instance
+            os.environ.setdefault(key, value)
+    run_training(config, run_dir)
     rows = [json.loads(line) for line in (run_dir / run_files.METRICS).read_text().splitlines() if line.strip()]
     rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
     rate = steady_samples_per_second([r["global_batch"] for r in rows], [r["step_seconds"] for r in rows])

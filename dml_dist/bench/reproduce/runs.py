@@ -28,8 +28,8 @@ def run_one(config_path: str | Path, overrides: list[str], run_dir: Path, label:
     A run directory that already finished this exact config is reused, so an interrupted
     reproduction continues where it stopped.
     """
+    from dml_dist import run_files
     from dml_dist.config.loader import config_to_dict
-    from dml_dist.train import run_files
     from dml_dist.train.launcher import run_training
 
     config = load_config(config_path, overrides)
@@ -67,7 +67,7 @@ def finished_row(run_dir: Path, label: str, config: dict[str, Any]) -> dict[str,
     """The row of a run directory that finished ``config`` (same resolved config), else None."""
     import yaml
 
-    from dml_dist.train import run_files
+    from dml_dist import run_files
 
     paths = [run_dir / run_files.CONFIG, run_dir / run_files.EVAL, run_dir / run_files.EMBEDDER]
     if not all(p.is_file() for p in paths) or yaml.safe_load(paths[0].read_text()) != json.loads(json.dumps(config)):

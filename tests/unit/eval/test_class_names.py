@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from dml_dist import run_files
 from dml_dist.cli import main
 from dml_dist.config.loader import config_to_dict, load_config, save_config
 from dml_dist.eval.api import load_embedder
 from dml_dist.eval.embed import embed_shards_keyed
 from dml_dist.eval.gallery import write_gallery
 from dml_dist.models import build_model
-from dml_dist.train import run_files
 
 CLASSES = ["Greek/alpha", "Greek/beta", "Latin/character03"]
 

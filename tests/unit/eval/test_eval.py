@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from dml_dist.config.sections import PROTOCOLS
 from dml_dist.eval.retrieval import (
-    PROTOCOLS,
     kmeans_nmi,
     normalized_mutual_information,
     recall_at_k,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dml_dist import run_files
 from dml_dist.cli import main
 from dml_dist.config import ModelConfig
 from dml_dist.config.loader import config_to_dict, load_config, save_config
@@ -19,7 +20,6 @@ from dml_dist.data.datasets import ensure_procedural
 from dml_dist.data.formats import write_dataset
 from dml_dist.eval.api import load_embedder
 from dml_dist.models import build_model
-from dml_dist.train import run_files
 from tests.conftest import REPO
 
 

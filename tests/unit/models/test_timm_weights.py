@@ -112,7 +112,7 @@ def test_pretrained_true_reads_a_warm_hub_cache_offline(tmp_path: Path) -> None:
 
 
 def test_init_from_with_another_head_size_keeps_the_backbone_and_warns(tmp_path: Path) -> None:
-    from dml_dist.train import run_files
+    from dml_dist import run_files
 
     config = ModelConfig(backbone=RESNET, in_channels=3, embedding_dim=8)
     earlier = build_model(config)

@@ -1,5 +1,5 @@
 """Appended run files (``metrics.jsonl``, ``resumes.jsonl``) survive a torn last line
-(``train/run_files.py``); damage before the last line is named, not skipped."""
+(``run_files.py``); damage before the last line is named, not skipped."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dml_dist.train import run_files
+from dml_dist import run_files
 
 
 def test_a_torn_last_line_is_skipped_and_cut_off(tmp_path: Path) -> None:
