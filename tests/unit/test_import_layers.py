@@ -9,6 +9,9 @@ The layers, lowest first (a module may import from its own layer and those below
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -125,3 +128,15 @@ def test_the_reader_sees_real_imports() -> None:
     assert "dml_dist.run_files" in graph["dml_dist.eval.api"]  # from a import module, inside a function
     assert "dml_dist.cli.parser" in graph["dml_dist.cli.train"]
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_module_imports() -> None:
+    """A name moved between modules breaks here, not first in a long test or on a cluster."""
+    script = (
+        "import importlib, pkgutil, dml_dist\n"
+        "for m in pkgutil.walk_packages(dml_dist.__path__, 'dml_dist.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=True, timeout=300)
