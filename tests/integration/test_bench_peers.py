@@ -54,6 +54,12 @@ def test_quick_peer_bench_prints_every_row_with_finite_figures(
     out = capsys.readouterr().out
     assert "| method | backbone | R@1 | MAP@R | samples/s |" in out
     assert "system overhead ratio" in out
+    # --runs over a user's own runs: refused before any row trains, nothing deleted.
+    (tmp_path / "mine" / "seed0").mkdir(parents=True)
+    (tmp_path / "mine" / "seed0" / "notes.txt").write_text("keep")
+    assert main([*args[: args.index("--runs") + 1], str(tmp_path / "mine"), *args[args.index("--runs") + 2 :]]) == 2
+    assert "was not written by bench peers" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "seed0" / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize(("size", "features"), [(28, 64), (32, 256)])

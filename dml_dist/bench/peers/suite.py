@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dml_dist import run_files
 from dml_dist.bench import REPO
 from dml_dist.bench.omniglot import omniglot_zip, prepare_omniglot, require_omniglot
 from dml_dist.bench.peers.models import BACKBONE_NAMES, PEER_LOSS_KEYS, PEER_LOSSES, describe_backbone
@@ -32,33 +33,40 @@ QUICK_N = 16
 PEER_LR = 1e-3
 
 
-def run_dml_dist_row(
-    config_path: str | Path, overrides: list[str], paths: tuple[Path, Path], run_dir: Path
-) -> RowResult:
-    """``dml-dist train``'s driver (``run_training``), as the command runs it with ``--data`` and
-    ``--eval-data``; the figures from its run directory."""
+ROW_MARKER = ".bench-peers-row"
+"""Written into each dml-dist row's run directory: only such a directory is replaced by a later run."""
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """``ValueError`` unless ``run_dir`` is absent or an earlier ``bench peers`` row wrote it."""
+    if run_dir.exists() and not (run_dir / ROW_MARKER).is_file():
+        raise ValueError(f"--runs: {run_dir} exists and was not written by bench peers; choose another --runs")
+
+
+def run_dml_dist_row(config: ExperimentConfig, eval_shards: Path, run_dir: Path) -> RowResult:
+    """``dml-dist train``'s driver (``run_training``) on ``config``; the figures from its run
+    directory. ``run_dir`` is replaced when an earlier ``bench peers`` wrote it, refused otherwise
+    (``--runs`` pointing at a user's runs must not delete them)."""
     import os
     import shutil
 
-    from dml_dist import run_files
-    from dml_dist.config.loader import load_config
     from dml_dist.eval.api import load_embedder
     from dml_dist.observability.logging import local_ray_env
     from dml_dist.train.launcher import run_training
 
+    check_replaceable(run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    data = [f"data.train_shards={json.dumps(str(paths[0]))}", f"data.eval_shards={json.dumps(str(paths[1]))}"]
-    config = load_config(config_path, [*overrides, *data])
     if not os.environ.get("RAY_ADDRESS"):
         for key, value in local_ray_env().items():  # as `dml-dist train` starts its own local instance
             os.environ.setdefault(key, value)
     run_training(config, run_dir)
+    (run_dir / ROW_MARKER).touch()
     rows = [json.loads(line) for line in (run_dir / run_files.METRICS).read_text().splitlines() if line.strip()]
     rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
     rate = steady_samples_per_second([r["global_batch"] for r in rows], [r["step_seconds"] for r in rows])
     embedder = load_embedder(run_dir, "cpu")
-    return RowResult(rate, evaluate(embedder.model, embedder.config, paths[1]))
+    return RowResult(rate, evaluate(embedder.model, embedder.config, eval_shards))
 
 
 def resolve_paths(
@@ -118,6 +126,8 @@ def run_peers_bench(
     fixed += [f"batch.num_classes={n}"] if n is not None else []
     runs = runs or REPO / "runs" / "bench-peers"
     seeds = seeds or [0]
+    for seed in seeds:  # before any row trains
+        check_replaceable(runs / f"seed{seed}")
     base = load_config(config_path, fixed)
     paths = resolve_paths(base, data, eval_data, REPO / "data" / "cache", omniglot)
     data_overrides = [f"data.train_shards={json.dumps(str(paths[0]))}", f"data.eval_shards={json.dumps(str(paths[1]))}"]
@@ -144,7 +154,7 @@ def run_peers_bench(
         name = f"plain loop, dml-dist {config.loss.name} | {describe_backbone(config, 'config')}"
         _record(per_seed, name, run_plain_dml_loss_row(config, paths, threads))
         name = f"dml-dist train, {threads} workers, {config.loss.name} | {describe_backbone(config, 'config')}"
-        _record(per_seed, name, run_dml_dist_row(config_path, dml_overrides, paths, runs / f"seed{seed}"))
+        _record(per_seed, name, run_dml_dist_row(config, paths[1], runs / f"seed{seed}"))
     rows = [summarize(name, results) for name, results in per_seed.items()]
     plain, system = rows[-2], rows[-1]
     report = {
