@@ -34,7 +34,7 @@ from dml_dist.train.errors import STOPPED, TrainingStopped
 from dml_dist.train.loop import train_loop_per_worker
 from dml_dist.train.model_sources import check_weights
 from dml_dist.train.preflight import Demand, check_resources, connect_ray
-from dml_dist.train.storage import SharedPath, check_nodes_see
+from dml_dist.train.storage import SharedPath, anchor_relative_paths, check_nodes_see
 from dml_dist.train.worker_plan import WorkerPlan
 
 
@@ -102,6 +102,7 @@ def run_training(
     ``callbacks`` are Ray Train callbacks (``dml-dist tune`` passes Ray Tune's report callback).
     """
     build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
+    anchor_relative_paths(config)  # the workers do not run in this process's directory
     config = resolve_input(config)  # a timm backbone's input size, mean, std, filter: into config.yaml
     paths = resolve_data(config.data)
     num_train_classes = _usable_classes(config, paths.train)

@@ -82,8 +82,9 @@ def place_data(data: DataConfig, storage: str | None) -> None:
 def anchor_relative_paths(config: ExperimentConfig) -> None:
     """Relative local paths of the config's data and weights, made absolute as this process sees them.
 
-    ``dml-dist tune`` runs each trial in its own working directory (Ray Tune's trial directory),
-    where ``data/cache/symbols/train`` would name nothing; ``train`` keeps the user's directory.
+    Ray Train's workers run in the session's artifact directory and ``dml-dist tune``'s trials in
+    their own, where ``data/cache/symbols/train`` or ``model.init_from: runs/pretrain`` would name
+    nothing. Called by the driver (``run_training``, and ``dml-dist tune`` before its trials).
     URIs and absolute paths are left as they are.
     """
 

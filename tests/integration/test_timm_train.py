@@ -6,6 +6,7 @@ process, through the same loader, loss and faiss evaluation."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_resnet10t_trained_on_two_workers_beats_the_untrained_network(resnet_run
 
 
 def test_init_from_a_finished_run_starts_from_its_embedder(
-    resnet_run: Path, small_data: DataConfig, ray_session, tmp_path: Path
+    resnet_run: Path, small_data: DataConfig, ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dml_dist.eval.api import load_embedder
     from dml_dist.models import build_model
@@ -60,9 +61,11 @@ def test_init_from_a_finished_run_starts_from_its_embedder(
     images = torch.rand(6, 1, 32, 32) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(started(images), finished.model(images), rtol=0, atol=0)
-    # Through the CLI: the second run's step-0 evaluation is the first run's final one.
+    # Through the CLI: the second run's step-0 evaluation is the first run's final one. The run is
+    # named by a path relative to the user's directory, which the workers do not run in.
     second = tmp_path / "second"
-    settings = {**small_data_settings(small_data), **RESNET, "model.init_from": str(resnet_run)}
+    monkeypatch.chdir(tmp_path)
+    settings = {**small_data_settings(small_data), **RESNET, "model.init_from": os.path.relpath(resnet_run, tmp_path)}
     args = ["train", "quickstart", "--run-dir", str(second), "--workers", "2", "--steps", "1"]
     assert main(args + set_args(settings)) == 0
     first_eval = json.loads((resnet_run / "eval.json").read_text())
