@@ -102,12 +102,12 @@ def run_training(
     ``callbacks`` are Ray Train callbacks (``dml-dist tune`` passes Ray Tune's report callback).
     """
     build_loss(config.loss.name, **config.loss.params)  # unknown loss or parameter: fail here, not in a worker
-    anchor_relative_paths(config)  # the workers do not run in this process's directory
     config = resolve_input(config)  # a timm backbone's input size, mean, std, filter: into config.yaml
     paths = resolve_data(config.data)
     num_train_classes = _usable_classes(config, paths.train)
     check_batch_fits(config, num_train_classes)
     check_weights(config)  # before Ray starts: one clear line, not a worker traceback
+    anchor_relative_paths(config)  # after the checks (errors name the paths as given): workers run elsewhere
     run_uri = str(run_dir)
     # The run directory is claimed first, before Ray starts: a second run into it fails at once.
     lease = run_lease.Lease(run_uri if uri_storage.is_uri(run_uri) else Path(run_dir).resolve())
