@@ -7,9 +7,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dml_dist.cli.parser import Commands
+
+if TYPE_CHECKING:
+    from dml_dist.train.run_result import RunResult
 
 
 def register_train(commands: Commands) -> None:
@@ -116,54 +119,47 @@ def cmd_train(args: argparse.Namespace) -> int:
             os.environ.setdefault(key, value)
     allowed = [field.strip() for field in args.allow_changes.split(",") if field.strip()]
     result = run_training(config, run_dir, address=args.address, resume=args.resume, allow_changes=allowed)
-    print(run_summary(result, run_dir), flush=True)
+    print(run_summary(result), flush=True)
     return 0
 
 
-def run_summary(result: dict[str, Any], run_dir: Path | str) -> str:
+def run_summary(result: RunResult) -> str:
     """The block printed at the end of ``dml-dist train``: held-out Recall@K against untrained,
-    time and throughput, where the files are, and what to run next. ``result``: the run's Ray
-    result (its last evaluation, ``eval/result.py``, without the history, among other figures)."""
-    from dml_dist.train.uri_storage import is_uri
+    time and throughput, where the files are, and what to run next."""
+    from dml_dist import storage
 
-    where = result.get("run_dir") or run_dir
-    if is_uri(str(where)):  # files in a URI storage: say where; eval and embed read local directories
-        return "\n".join(["", *_figures(result), f"run directory {where}"])
-    local = Path(where).resolve()
+    local = storage.local_path(result.run_dir)
+    if local is None:  # files in a URI storage: say where; eval and embed read local directories
+        return "\n".join(["", *_figures(result), f"run directory {result.run_dir}"])
+    local = local.resolve()
     lines = ["", *_figures(result)]
-    nodes = {where["node_id"] for where in result.get("placement", [])}
+    nodes = {where["node_id"] for where in result.placement}
     if len(nodes) > 1:
-        ranks = ", ".join(f"rank {w['rank']} on {w['node_id'][:8]}" for w in result["placement"])
+        ranks = ", ".join(f"rank {w['rank']} on {w['node_id'][:8]}" for w in result.placement)
         lines.append(f"workers on {len(nodes)} nodes: {ranks}")
-    gallery = result.get("gallery") or (local / "gallery.png")
-    files = [("run directory", local), ("curves", result.get("curves")), ("gallery", gallery)]
+    files = [("run directory", local), ("curves", result.curves), ("gallery", local / "gallery.png")]
     lines += [f"{label:<14}{path}" for label, path in files if path and Path(path).exists()]
     lines.append(f"next: dml-dist eval {local}")
     lines.append(f"      dml-dist embed {local} --images DIR --out embeddings.npy")
     return "\n".join(lines)
 
 
-def _figures(result: dict[str, Any]) -> list[str]:
+def _figures(result: RunResult) -> list[str]:
     """Held-out Recall@K against untrained, then training time and throughput."""
-    from dml_dist.eval.result import EvalResult
     from dml_dist.eval.retrieval import format_recall_table
+    from dml_dist.observability.progress import format_duration
 
     lines = []
-    if "recall" in result:
-        evaluation = EvalResult.from_json(result)
+    evaluation = result.evaluation
+    if evaluation is not None:
         held = f" ({evaluation.num_queries} images of {evaluation.num_classes} unseen classes)"
         lines.append(f"held-out retrieval{held}:")
         rows = {"untrained": evaluation.untrained_recall, f"step {evaluation.step}": evaluation.recall}
         lines.append(format_recall_table(rows))
-    pace = []
-    if result.get("train_seconds") is not None:
-        from dml_dist.observability.progress import format_duration
-
-        pace.append(f"trained in {format_duration(float(result['train_seconds']))}")
-    if result.get("samples_per_second") is not None:
-        pace.append(f"{float(result['samples_per_second']):,.0f} samples/s")
-    if pace:
-        lines.append(", ".join(pace))
+    pace = [f"trained in {format_duration(result.train_seconds)}"]
+    if result.samples_per_second is not None:
+        pace.append(f"{result.samples_per_second:,.0f} samples/s")
+    lines.append(", ".join(pace))
     return lines
 
 
@@ -171,15 +167,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dml_dist.train.preflight import check_faiss
 
     check_faiss()
+    from dml_dist import storage as locations
     from dml_dist.config.loader import load_config
     from dml_dist.train.storage import anchor_relative_paths, place_data, resolve_run_dir, resolve_storage
-    from dml_dist.train.uri_storage import is_uri
     from dml_dist.tune import METRIC, results_table, run_tune
 
     overrides = list(args.set) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     config = load_config(args.config, overrides)
     storage = resolve_storage(args.storage, config)
-    if storage is not None and is_uri(storage):
+    if storage is not None and not locations.is_local(storage):
         raise ValueError(f"--storage: {storage}: dml-dist tune needs a directory every node mounts (URIs: train only)")
     if storage is not None:
         config.train.storage = storage

@@ -17,6 +17,8 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from dml_dist import storage
+
 SECRET_QUERY_KEYS = frozenset(
     {
         "access_key",
@@ -41,7 +43,7 @@ HINT = (
 
 def has_credentials(value: str) -> bool:
     """True for a URI with userinfo (``scheme://user[:secret]@host``) or a credential in its query."""
-    if "://" not in value:
+    if storage.is_local(value):
         return False
     parts = urlsplit(value)
     if "@" in parts.netloc:

@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dml_dist import storage
 from dml_dist.config import DataConfig, ProceduralDataConfig
 from dml_dist.data.procedural import render_png, split_classes
 from dml_dist.data.shard_layout import IMAGE_SUFFIXES, MANIFEST, is_complete, read_manifest
 from dml_dist.data.shard_writer import Sample, write_shards
-from dml_dist.data.tar_stream import expand_urls, is_remote
+from dml_dist.data.tar_stream import expand_urls
 from dml_dist.observability.progress import progress_bar
 
 _GENERATOR_VERSION = 1
@@ -43,6 +44,11 @@ class DataPaths:
     train: Path | str
     eval: Path
     generated: bool = False
+
+    @property
+    def train_directory(self) -> Path | None:
+        """The training shard directory on this machine; None for a stream spec (pattern or remote URI)."""
+        return self.train if isinstance(self.train, Path) else None
 
     def describe(self) -> str:
         """What the run trains and evaluates on, with the classes of each split (the ``train:`` line)."""
@@ -140,7 +146,7 @@ def _holds_images(directory: Path, limit: int = 2000) -> bool:
 
 
 def _is_stream_spec(spec: str) -> bool:
-    return is_remote(spec) or "{" in spec
+    return not storage.is_local(spec) or "{" in spec
 
 
 def procedural_root(config: ProceduralDataConfig, cache_dir: Path) -> Path:

@@ -18,16 +18,15 @@ and count the samples they skip as bad data in ``skipped_samples``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from dml_dist import storage
 from dml_dist.config import DataConfig
 from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.data.shard_layout import is_complete, read_manifest
 from dml_dist.data.stream_loader import StreamingClassLoader
-from dml_dist.data.tar_stream import is_remote
 
 
 def build_loader(
@@ -50,12 +49,13 @@ def build_loader(
         "num_workers": data.loader_workers,
         "min_images_policy": data.min_images_policy,
     }
+    local = storage.local_path(train_shards)
     if data.mode == "indexed":
-        if is_remote(train_shards) or not Path(train_shards).is_dir():
+        if local is None or not local.is_dir():
             raise ValueError(f"data.train_shards: indexed mode needs a local shard directory, got {train_shards}")
-        return ClassBatchLoader(IndexedShards(train_shards), spec, **common)
-    if not is_remote(train_shards) and is_complete(train_shards):
-        num_classes = int(read_manifest(train_shards)["num_classes"])
+        return ClassBatchLoader(IndexedShards(local), spec, **common)
+    if local is not None and is_complete(local):
+        num_classes = int(read_manifest(local)["num_classes"])
     return StreamingClassLoader(
         train_shards, spec, buffer_samples=data.stream_buffer_samples, num_classes=num_classes, **common
     )

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dml_dist import storage
 from dml_dist.data.bad_data import BadDataLog
 from dml_dist.data.decode_spec import DecodeSpec
-from dml_dist.data.tar_stream import expand_urls, is_remote, iter_tar_samples
+from dml_dist.data.tar_stream import expand_urls, iter_tar_samples
 
 log = logging.getLogger("dml_dist.data")
 
@@ -59,7 +60,7 @@ class StreamDataset(IterableDataset):
         self.passes += 1  # persistent workers keep this copy, so each pass augments differently
         for url in self.my_urls():
             before = self.bad.total
-            name = url if is_remote(url) else Path(url).name
+            name = storage.display_name(url)
             labels: list[int] = []
             images: list[np.ndarray] = []
             for key, label, data in iter_tar_samples(url, self.bad):

@@ -1,8 +1,8 @@
 """Streaming reading of shards: shard URLs, opening them without a shell, and their samples front to back.
 
 ``expand_urls`` turns a shard directory, a brace pattern or a list into shard URLs and refuses
-any URL that is not a plain path or a URI of a known scheme (``check_url``): shards are opened
-by ``open_url`` through ``pyarrow.fs`` (s3, gs, hdfs, abfs, file) or ``urllib`` (http, https),
+any URL that is not a plain path or a URI of a known scheme (``storage.check_url``): shards are opened
+by ``storage.open_input`` through ``pyarrow.fs`` (s3, gs, hdfs, abfs, file) or ``urllib`` (http, https),
 never by a command, so no part of a URL ever reaches a shell (WebDataset's ``pipe:`` ran its
 URL through ``sh -c``). A remote URL must also be free of the characters a shell or a URL
 parser would read as syntax (``;|&$<>`` quotes, spaces, ``#`` ...; ``&`` and ``=`` only in the
@@ -21,69 +21,33 @@ Two kinds of failure, treated differently (``data/bad_data.py``):
 from __future__ import annotations
 
 import itertools
-import re
 import tarfile
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import braceexpand
 
+from dml_dist import storage
 from dml_dist.data.bad_data import BadDataLog, wait_or_raise
 from dml_dist.data.shard_layout import IMAGE_EXTENSIONS, MANIFEST, is_complete, parse_label
-
-PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
-HTTP_SCHEMES = ("http", "https")
-KNOWN_SCHEMES = (*PYARROW_SCHEMES, *HTTP_SCHEMES)
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters or more: "C:" is a drive, not a scheme
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9._~/%:@+,=-]*$")
-_SAFE_QUERY = re.compile(r"^[A-Za-z0-9._~/%:@+,=&-]*$")
-
-
-def url_scheme(url: str) -> str | None:
-    """The lower-case scheme of ``url`` (``s3`` of ``s3://b/x``, ``pipe`` of ``pipe:cat x``), or None for a path."""
-    match = _SCHEME.match(url)
-    return match.group(1).lower() if match else None
-
-
-def is_remote(url: str) -> bool:
-    """True for a URL with a scheme other than ``file``: read front to back, never by index."""
-    return url_scheme(url) not in (None, "file")
-
-
-def check_url(url: str) -> None:
-    """Refuse (``ValueError``, one line naming it) a shard URL that is not a plain path or a URI
-    of a known scheme with only safe characters (see the module docstring)."""
-    scheme = url_scheme(url)
-    if scheme is None:
-        return  # a plain path: opened with open(), whatever its characters
-    if scheme not in KNOWN_SCHEMES:
-        raise ValueError(
-            f"data: shard URL {url!r} has scheme {scheme!r}, not one of {', '.join(KNOWN_SCHEMES)} "
-            "(shards are read without a shell: pipe: commands are not run)"
-        )
-    path, _, query = url.partition("?")
-    if not _SAFE_PATH.match(path) or not _SAFE_QUERY.match(query):
-        raise ValueError(
-            f"data: shard URL {url!r} holds characters that are not part of a file's URI "
-            "(allowed: letters, digits and ._~/%:@+,=- ; & only in the ?query)"
-        )
 
 
 def expand_urls(spec: str | Path | Sequence[str]) -> list[str]:
     """Shard URLs of a spec: a shard directory, a brace pattern (``/d/shard-{000000..000009}.tar``),
     a URI of a known scheme (braces expanded too), or a list of those. Each URL is checked
-    (``check_url``) and local paths must exist: either failure is a ``ValueError`` naming it."""
+    (``storage.check_url``) and local paths must exist: either failure is a ``ValueError`` naming it."""
     items = [str(spec)] if isinstance(spec, str | Path) else [str(s) for s in spec]
     urls: list[str] = []
     for item in items:
-        if url_scheme(item) is None and Path(item).is_dir():
-            urls.extend(shard_urls(item))
+        local = storage.local_path(item)
+        if local is not None and local.is_dir():
+            urls.extend(shard_urls(local))
             continue
         for url in braceexpand.braceexpand(item):
-            check_url(url)
-            if url_scheme(url) is None and not Path(url).is_file():
+            storage.check_url(url)
+            local = storage.local_path(url)
+            if local is not None and not local.is_file():
                 raise ValueError(f"data: shard {url} does not exist")
             urls.append(url)
     if not urls:
@@ -99,26 +63,6 @@ def shard_urls(directory: str | Path) -> list[str]:
     return [str(p) for p in sorted(directory.glob("shard-*.tar"))]
 
 
-def open_url(url: str) -> Any:
-    """A binary stream of a shard: a local file, a ``pyarrow.fs`` URI, or http(s) through urllib.
-
-    No command and no shell is involved. Raises ``OSError`` when the shard cannot be opened.
-    """
-    check_url(url)
-    scheme = url_scheme(url)
-    if scheme is None:
-        return open(url, "rb")  # noqa: SIM115 (the caller closes it)
-    if scheme in HTTP_SCHEMES:
-        return urllib.request.urlopen(url, timeout=60)  # the scheme is checked above
-    import pyarrow.fs as pafs
-
-    try:
-        fs, path = pafs.FileSystem.from_uri(url)
-    except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) for a URI it cannot open
-        raise OSError(f"cannot open {url}: {err}") from err
-    return fs.open_input_stream(path)
-
-
 def iter_tar_samples(url: str, bad: BadDataLog | None = None) -> Iterator[tuple[str, int, bytes]]:
     """(key, label, image bytes) of every valid sample of one shard, in order.
 
@@ -129,7 +73,7 @@ def iter_tar_samples(url: str, bad: BadDataLog | None = None) -> Iterator[tuple[
     skipped there with the same warning).
     """
     bad = BadDataLog() if bad is None else bad
-    name = url if is_remote(url) else Path(url).name
+    name = storage.display_name(url)
     key: str | None = None
     fields: dict[str, bytes] = {}
     try:
@@ -155,7 +99,7 @@ def _members(url: str) -> Iterator[tuple[str, bytes]]:
     given = 0
     for attempt in itertools.count(1):
         try:
-            with open_url(url) as stream:
+            with storage.open_input(url) as stream:
                 for position, member in enumerate(_tar_members(stream)):
                     if position >= given:
                         given += 1

@@ -18,22 +18,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dml_dist import run_files
+from dml_dist import run_files, storage
 from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import DataPaths, resolve_data
-from dml_dist.data.shard_layout import CLASS_INDEX, is_complete, read_manifest
-from dml_dist.data.tar_stream import is_remote
+from dml_dist.data.shard_layout import CLASS_INDEX, MANIFEST, is_complete, read_manifest
 from dml_dist.losses import build_loss
 from dml_dist.mining.actor import BANK_FILE, start_mining_actor
 from dml_dist.models.input_config import resolve_input
 from dml_dist.observability.logging import library_level, worker_env
-from dml_dist.train import run_directory, run_lease, uri_storage
-from dml_dist.train.errors import STOPPED, TrainingStopped
+from dml_dist.train import node_copies, run_directory, run_lease
+from dml_dist.train.errors import TrainingStopped
 from dml_dist.train.loop import train_loop_per_worker
 from dml_dist.train.model_sources import check_weights
 from dml_dist.train.preflight import Demand, check_resources, connect_ray
+from dml_dist.train.run_result import RunResult
 from dml_dist.train.storage import SharedPath, anchor_relative_paths, check_nodes_see
 from dml_dist.train.worker_plan import WorkerPlan
 
@@ -90,7 +90,7 @@ def run_training(
     resume: bool | str = False,
     callbacks: list[Any] | None = None,
     allow_changes: list[str] | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train as configured; returns the final figures (held-out Recall@K now and untrained,
     placement of the workers, mean samples/s, train time) from the trainer's ``Result``.
 
@@ -110,7 +110,7 @@ def run_training(
     anchor_relative_paths(config)  # after the checks (errors name the paths as given): workers run elsewhere
     run_uri = str(run_dir)
     # The run directory is claimed first, before Ray starts: a second run into it fails at once.
-    lease = run_lease.Lease(run_uri if uri_storage.is_uri(run_uri) else Path(run_dir).resolve())
+    lease = run_lease.Lease(storage.absolute(run_dir))
     lease.acquire()
     try:
         resume = run_directory.claim(lease.run_dir, config, resume, allow_changes)
@@ -128,12 +128,11 @@ def _train_holding_lease(
     resume: bool,
     callbacks: list[Any] | None,
     lease: run_lease.Lease,
-) -> dict[str, Any]:
+) -> RunResult:
     """``run_training`` once this run holds the run directory ``run_uri`` (a path or a URI)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    remote = uri_storage.is_uri(run_uri)
     job_name = run_files.run_name(run_uri)  # the run's one name: Ray Train, Prometheus, the train: line, the Ray job
     init_ray(address, int(config.train.workers * _worker_resources(config)["CPU"]), job_name)
     lease.set_ray_job(_ray_job_id())
@@ -141,21 +140,24 @@ def _train_holding_lease(
         Demand(config.train.workers, _worker_resources(config), strict_spread=config.train.placement == "STRICT_SPREAD")
     )  # before the run's files: a cluster that can never hold the workers fails now, not after a wait
     # With a URI run directory the driver writes its files into a local mirror and uploads them.
-    mirror = uri_storage.RunMirror(run_uri, fresh=True, kind="driver") if remote else None
+    mirror = node_copies.RunMirror.of(run_uri, fresh=True, kind="driver")
     run_dir = mirror.local if mirror is not None else Path(run_uri).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # a fresh run; with --resume auto, over an earlier attempt that saved no checkpoint
         (run_dir / run_files.METRICS).unlink(missing_ok=True)
     save_config(config, run_dir / run_files.CONFIG)
     train_shards, eval_shards = str(paths.train), str(paths.eval)
-    if remote:
+    if mirror is not None:
         # Shards the driver holds go to the storage; each node copies them into its own scratch.
-        storage = config.train.storage if config.train.storage and uri_storage.is_uri(config.train.storage) else run_uri
-        if isinstance(paths.train, Path):
-            train_shards = uri_storage.publish_shards(paths.train, storage)
-        eval_shards = uri_storage.publish_shards(paths.eval, storage)
-        mirror.push([run_files.CONFIG])  # type: ignore[union-attr]
-    check_nodes_see(_shared_paths(run_uri if remote else str(run_dir), train_shards, eval_shards, paths.train))
+        target = (
+            config.train.storage if config.train.storage and not storage.is_local(config.train.storage) else run_uri
+        )
+        if paths.train_directory is not None:
+            train_shards = node_copies.publish_shards(paths.train_directory, target)
+        eval_shards = node_copies.publish_shards(paths.eval, target)
+        mirror.push([run_files.CONFIG])
+    shared = run_uri if mirror is not None else str(run_dir)  # the run directory as every node names it
+    check_nodes_see(_shared_paths(shared, train_shards, eval_shards, paths.train_directory is not None))
     actor = None
     if config.mining.enabled:
         # A fresh run starts with an empty bank; the file is what a restarted actor restores
@@ -174,7 +176,7 @@ def _train_holding_lease(
         config=config,
         train_shards=train_shards,
         eval_shards=eval_shards,
-        run_dir=run_uri if remote else str(run_dir),
+        run_dir=shared,
         job_name=job_name,
         mining_actor=actor,
         resume=resume,
@@ -185,7 +187,7 @@ def _train_holding_lease(
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_SECONDS)
     # The Ray dashboard's Train view lists a run only with state tracking on (read when the trainer is built).
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    ray_parent, ray_name = _ray_train_location(run_uri if remote else str(run_dir))
+    ray_parent, ray_name = _ray_train_location(shared)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=plan.__dict__,
@@ -222,16 +224,13 @@ def _train_holding_lease(
         _finish_mining(actor)
         raise
     mining_stats = _finish_mining(actor)
-    result: dict[str, Any] = dict(fitted.metrics or {})
-    if result.get(STOPPED):  # the workers ended the run early, on purpose (train/errors.py)
-        raise TrainingStopped(str(result[STOPPED]))
-    result["samples_per_second"] = result.get("mean_samples_per_second")
+    result = RunResult.from_report(dict(fitted.metrics or {}), run_uri, time.perf_counter() - started, mining_stats)
+    if result.stop_reason is not None:  # the workers ended the run early, on purpose (train/errors.py)
+        raise TrainingStopped(result.stop_reason)
     if mining_stats:
-        result["mining"] = mining_stats
         write_json_atomic(run_dir / "mining.json", mining_stats)
     if mirror is not None and mining_stats:
         mirror.push(["mining.json"])
-    result["train_seconds"] = time.perf_counter() - started
     return result
 
 
@@ -243,13 +242,12 @@ def _ray_train_location(run_dir: str) -> tuple[str, str]:
     return parent + (f"?{query}" if query else ""), run_files.run_name(run_dir)
 
 
-def _shared_paths(run_dir: str, train: str, evaluation: str, driver_train: Path | str) -> list[SharedPath]:
+def _shared_paths(run_dir: str, train: str, evaluation: str, train_is_directory: bool) -> list[SharedPath]:
     """What every node must see: the run directory (read and write) and the shard directories."""
     paths = [SharedPath("--run-dir", run_dir, writable=True)]
-    join = uri_storage.join if uri_storage.is_uri(run_dir) else (lambda a, b: str(Path(a) / b))
-    if isinstance(driver_train, Path):
-        paths.append(SharedPath("data.train_shards", join(train, "manifest.json"), writable=False))
-    paths.append(SharedPath("data.eval_shards", join(evaluation, "manifest.json"), writable=False))
+    if train_is_directory:
+        paths.append(SharedPath("data.train_shards", str(storage.join(train, MANIFEST)), writable=False))
+    paths.append(SharedPath("data.eval_shards", str(storage.join(evaluation, MANIFEST)), writable=False))
     return paths
 
 
@@ -262,12 +260,14 @@ def _usable_classes(config: ExperimentConfig, train_shards: Path | str) -> int:
     """
     data, k = config.data, config.batch.images_per_class
     if data.mode == "streaming":
-        if not is_remote(str(train_shards)) and is_complete(train_shards):
-            return int(read_manifest(train_shards)["num_classes"]) or config.batch.num_classes
+        local = storage.local_path(train_shards)
+        if local is not None and is_complete(local):
+            return int(read_manifest(local)["num_classes"]) or config.batch.num_classes
         return config.batch.num_classes
-    if is_remote(str(train_shards)) or not Path(train_shards).is_dir():
+    local = storage.local_path(train_shards)
+    if local is None or not local.is_dir():
         raise ValueError(f"data.train_shards: indexed mode needs a local shard directory, got {train_shards}")
-    sizes = _class_sizes(Path(train_shards))
+    sizes = _class_sizes(local)
     usable = [size for size in sizes if size >= k] if data.min_images_policy == "exclude" else sizes
     if not usable:
         raise ValueError(f"data: no class of {train_shards} has K={k} images")

@@ -20,7 +20,7 @@ report (``train/errors.py``), so Ray Train does not retry it like a crash.
 A worker starts from the newest intact checkpoint when there is one (``train/resume.py``). The run's
 files are written by rank 0 into the run directory, on the storage every node mounts
 (``run_files.py``), or into a node-local mirror of a URI storage that every report uploads
-(``train/uri_storage.py``); scratch for a checkpoint is a node-local temporary directory.
+(``train/node_copies.py``); scratch for a checkpoint is a node-local temporary directory.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dml_dist.models.param_groups import frozen_backbone
 from dml_dist.observability.logging import quiet_libraries
 from dml_dist.observability.metrics import NullMetrics, RayMetrics
 from dml_dist.observability.step_metrics import StepMetrics
-from dml_dist.train import reporting, uri_storage
+from dml_dist.train import node_copies, reporting
 from dml_dist.train.checkpoint import tag_for
 from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.errors import STOPPED
@@ -64,13 +64,11 @@ def train_loop_per_worker(plan_dict: dict[str, Any]) -> None:
 
 
 def localize_shards(plan: WorkerPlan) -> WorkerPlan:
-    """With a URI run directory, shard directories in the storage are read from node-local copies."""
-    if not uri_storage.is_uri(plan.run_dir):
-        return plan
-    train, evaluation = plan.train_shards, plan.eval_shards
-    if uri_storage.is_uri(train) and uri_storage.exists(uri_storage.join(train, uri_storage.MANIFEST)):
-        train = str(uri_storage.localize_shards(train))
-    return dataclasses.replace(plan, train_shards=train, eval_shards=str(uri_storage.localize_shards(evaluation)))
+    """Shard directories that the driver published to a remote storage are read from node-local
+    copies; local shards and streamed remote shards (no manifest) are read where they are."""
+    train = node_copies.localize_shards(plan.train_shards, required=False)
+    evaluation = node_copies.localize_shards(plan.eval_shards, required=True)
+    return dataclasses.replace(plan, train_shards=str(train), eval_shards=str(evaluation))
 
 
 class Trainer:
@@ -83,8 +81,7 @@ class Trainer:
         self.world_size = collectives.world_size()
         # A URI run directory: rank 0 (the only rank writing run files) writes into a node-local
         # mirror that report() uploads; the other ranks never write there.
-        remote = uri_storage.is_uri(plan.run_dir)
-        self.mirror = uri_storage.RunMirror(plan.run_dir, fresh=True) if remote and self.rank == 0 else None
+        self.mirror = node_copies.RunMirror.of(plan.run_dir, fresh=True) if self.rank == 0 else None
         self.run_dir = self.mirror.local if self.mirror is not None else Path(plan.run_dir)
         use_gpu = config.train.use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")

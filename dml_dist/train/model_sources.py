@@ -3,7 +3,7 @@ run's storage, and the driver's check of them.
 
 ``model.pretrained`` may be a file URI and ``model.init_from`` a run directory URI in the run's
 storage (``s3://...``; anything ``pyarrow.fs`` opens). ``localize_weights`` copies each into
-node-local scratch once per node (``uri_storage.scratch_dir``: a worker writes a copy of its
+node-local scratch once per node (``node_copies.scratch_dir``: a worker writes a copy of its
 own and renames it into place) and returns the model section with those local paths, which is
 what ``models/weights.py`` reads. Local paths and the hub (``true``, ``hf-hub:``) pass through.
 
@@ -22,22 +22,23 @@ from pathlib import Path
 
 import torch
 
-from dml_dist import run_files
+from dml_dist import run_files, storage
 from dml_dist.config import ModelConfig
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
 from dml_dist.models.embedder import EmbedderWithLoss
-from dml_dist.train import uri_storage
+from dml_dist.models.weights import HUB_PREFIX
+from dml_dist.train import node_copies
 
 
 def _local_copy(uri: str, field: str) -> Path:
     """A node-local copy of the file at ``uri`` (copied once per node)."""
-    final = uri_storage.scratch_dir("weights", uri) / uri.split("?")[0].rsplit("/", 1)[-1]
+    final = node_copies.scratch_dir("weights", uri) / uri.split("?")[0].rsplit("/", 1)[-1]
     if final.is_file():
         return final
     try:
-        data = uri_storage.read_bytes(uri)
+        data = storage.read_bytes(uri)
     except Exception as err:  # pyarrow's FileNotFoundError / OSError with the reason
         raise ValueError(f"{field}: cannot read {uri} ({err})") from err
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -50,10 +51,10 @@ def _local_copy(uri: str, field: str) -> Path:
 def localize_weights(model: ModelConfig) -> ModelConfig:
     """``model`` with storage URIs of ``pretrained`` and ``init_from`` replaced by node-local copies."""
     pretrained, init_from = model.pretrained, model.init_from
-    if isinstance(pretrained, str) and uri_storage.is_uri(pretrained):
+    if isinstance(pretrained, str) and not pretrained.startswith(HUB_PREFIX) and not storage.is_local(pretrained):
         pretrained = str(_local_copy(pretrained, "model.pretrained"))
-    if init_from is not None and uri_storage.is_uri(init_from):
-        embedder = _local_copy(uri_storage.join(init_from, run_files.EMBEDDER), "model.init_from")
+    if init_from is not None and not storage.is_local(init_from):
+        embedder = _local_copy(str(storage.join(init_from, run_files.EMBEDDER)), "model.init_from")
         init_from = str(embedder.parent)
     return dataclasses.replace(model, pretrained=pretrained, init_from=init_from)
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from dml_dist import run_files
+from dml_dist import run_files, storage
 from dml_dist.atomic import write_json_atomic
 from dml_dist.distributed import collectives
 from dml_dist.observability.progress import format_step_line
 from dml_dist.observability.step_metrics import StepMetrics
-from dml_dist.train import checkpoint, uri_storage
+from dml_dist.train import checkpoint
 from dml_dist.train.curves import write_training_curves
 from dml_dist.train.storage import node_info
 
@@ -112,5 +112,5 @@ def write_final_files(run_dir: Path, embedder: torch.nn.Module, config: dict[str
 
 
 def _join(run_dir: str, name: str) -> str:
-    """``run_dir/name`` for a directory or a URI (``train/uri_storage.py``)."""
-    return uri_storage.join(run_dir, name) if uri_storage.is_uri(run_dir) else str(Path(run_dir) / name)
+    """``run_dir/name`` for a directory or a URI (``dml_dist/storage.py``)."""
+    return str(storage.join(run_dir, name))

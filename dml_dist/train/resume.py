@@ -10,7 +10,7 @@ the same step), logs the resume to ``resumes.jsonl``, drops the ``metrics.jsonl`
 step (they are logged again) and a torn last line of either file (``run_files.drop_torn_tail``),
 and keeps the evaluation history up to the step. On a URI storage the chosen checkpoint is
 copied once per node into scratch private to the run, and removed after loading, and rank 0
-first replaces its local mirror of the run directory by the run's files (``train/uri_storage.py``).
+first replaces its local mirror of the run directory by the run's files (``train/node_copies.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dml_dist import run_files
+from dml_dist import run_files, storage
 from dml_dist.distributed import collectives
 from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.losses.memory import Memory
 from dml_dist.mining.client import ClassSource
-from dml_dist.train import checkpoint, uri_storage
+from dml_dist.train import checkpoint, node_copies
 from dml_dist.train.worker_plan import WorkerPlan
 
 
@@ -59,7 +59,7 @@ def resume(
     classes: ClassSource,
     run_dir: Path,
     plan: WorkerPlan,
-    mirror: uri_storage.RunMirror | None,
+    mirror: node_copies.RunMirror | None,
     rank: int,
 ) -> Resumed:
     """Restore the checkpoint Ray Train hands back, if any (see the module docstring).
@@ -85,7 +85,7 @@ def resume(
     if rank == 0 and mining_file.is_file():
         classes.restore_state(str(mining_file))
     if fs is not None:
-        uri_storage.drop_node_checkpoint(checkpoints, copier)
+        node_copies.drop_node_checkpoint(checkpoints, copier)
     # What every rank loaded, read from its own files: agreement is checked, not assumed.
     rank_steps = collectives.all_gather_object(resumed.step)
     if len(set(rank_steps)) != 1:
@@ -113,12 +113,12 @@ def resume(
 def _checkpoint_parent(reported: Any, run_dir: Path, run_location: str) -> tuple[Any, str]:
     """(file system or None for a directory every node mounts, the directory holding the run's
     checkpoints): beside the reported checkpoint, else ``RUN/checkpoints``."""
-    if not uri_storage.is_uri(run_location):
+    if storage.is_local(run_location):
         local = Path(reported.path).parent if reported is not None else run_dir / run_files.CHECKPOINTS
         return None, str(local)
     if reported is not None:
         return reported.filesystem, reported.path.rstrip("/").rsplit("/", 1)[0]
-    fs, parent = uri_storage.filesystem(uri_storage.join(run_location, run_files.CHECKPOINTS))
+    fs, parent = storage.filesystem(storage.join(run_location, run_files.CHECKPOINTS))
     return fs, parent
 
 
@@ -129,7 +129,7 @@ def _agreed_checkpoint(fs: Any, parent: str, run: str, copier: bool) -> tuple[Pa
 
     Rank 0 alone picks the newest intact checkpoint (``checkpoint.intact_checkpoints``) and
     broadcasts it. On a URI storage (``fs`` given) rank 0 checks the manifest and sizes in the
-    storage, each node copies the checkpoint once (``uri_storage.copy_checkpoint_to_node``) and
+    storage, each node copies the checkpoint once (``node_copies.copy_checkpoint_to_node``) and
     every rank checks the copy's SHA-256s; on a shared directory rank 0 checks the SHA-256s and
     every rank the sizes it sees. A problem on any rank skips the checkpoint on all of them: rank 0
     picks the next older one.
@@ -141,7 +141,7 @@ def _agreed_checkpoint(fs: Any, parent: str, run: str, copier: bool) -> tuple[Pa
         good = collectives.broadcast_object(next(candidates, None) if is_chooser else None)
         if good is None:
             return None
-        local = uri_storage.copy_checkpoint_to_node(fs, parent, good.tag, run, copier) if remote else Path(parent)
+        local = node_copies.copy_checkpoint_to_node(fs, parent, good.tag, run, copier) if remote else Path(parent)
         problems = collectives.all_gather_object(checkpoint.verify(local / good.tag, hashes=remote))
         if not any(problems):
             return local, good

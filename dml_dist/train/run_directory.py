@@ -32,11 +32,10 @@ from typing import Any
 
 import yaml
 
-from dml_dist import run_files
-from dml_dist.atomic import write_text_atomic
+from dml_dist import run_files, storage
 from dml_dist.config.loader import config_to_dict
 from dml_dist.config.schema import ExperimentConfig
-from dml_dist.train import checkpoint, uri_storage
+from dml_dist.train import checkpoint
 from dml_dist.train.run_lease import LEASE
 from dml_dist.train.storage import PROBE_DIR
 
@@ -59,10 +58,11 @@ def default_run_dir(base: Path | str) -> Path | str:
     """``base-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... when that already exists."""
     stamped = f"{str(base).rstrip('/')}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, n = stamped, 1
-    while _exists(candidate):
+    while storage.exists(candidate):
         n += 1
         candidate = f"{stamped}-{n}"
-    return candidate if uri_storage.is_uri(candidate) else Path(candidate)
+    local = storage.local_path(candidate)
+    return local if local is not None else candidate
 
 
 def claim(
@@ -111,7 +111,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
 def check_unchanged(run_dir: Path | str, config: ExperimentConfig, allow_changes: list[str], what: str) -> None:
     """``ValueError`` listing the fields that differ from the run's ``config.yaml`` and are
     neither in ``allow_changes`` nor in ``ALWAYS_ALLOWED``."""
-    text = _read_text(_join(run_dir, run_files.CONFIG))
+    text = storage.read_text(storage.join(run_dir, run_files.CONFIG))
     if text is None:
         return  # nothing to compare with: a run that died before writing its config
     saved = yaml.safe_load(text) or {}
@@ -140,13 +140,13 @@ def forget_unusable_checkpoints(run_dir: Path | str) -> list[str]:
     delete the new checkpoint."""
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
-    snapshot_path = _join(run_dir, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
-    text = _read_text(snapshot_path)
+    snapshot_path = storage.join(run_dir, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
+    text = storage.read_text(snapshot_path)
     if text is None:
         return []
     state = json.loads(text)
     names = {r["checkpoint_dir_name"] for r in state["checkpoint_results"]}
-    present = {name for name in names if _usable(_join(run_dir, *name.split("/")))}
+    present = {name for name in names if _usable(storage.join(run_dir, *name.split("/")))}
     missing = sorted(names - present)
     if not missing:
         return []
@@ -168,7 +168,7 @@ def forget_unusable_checkpoints(run_dir: Path | str) -> list[str]:
     for key in ("validated", "timed_out_validation", "failed_validation"):
         field = f"{key}_checkpoint_dir_names"
         state[field] = [name for name in state.get(field, []) if name in present]
-    _write_text(snapshot_path, json.dumps(state))
+    storage.write_bytes(snapshot_path, json.dumps(state).encode())
     print(
         f"resume: {', '.join(missing)} gone or damaged; Ray Train's list of checkpoints no longer names them",
         flush=True,
@@ -190,62 +190,23 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _entries(run_dir: Path | str) -> list[str]:
     """Names directly in the run directory, except this run's own lease and node probes."""
-    if isinstance(run_dir, Path):
-        names = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    else:
-        import pyarrow.fs as pafs
-
-        fs, path = uri_storage.filesystem(run_dir)
-        names = [info.base_name for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))]
-    return sorted(name for name in names if name not in (LEASE, PROBE_DIR))
+    return [name for name in storage.list_names(run_dir) if name not in (LEASE, PROBE_DIR)]
 
 
 def _checkpoint_dirs(run_dir: Path | str) -> list[str]:
-    if isinstance(run_dir, Path):
-        local = _local_checkpoints(run_dir)
-        return sorted(p.name for p in local.iterdir() if p.is_dir()) if local.is_dir() else []
-    return uri_storage.list_dirs(uri_storage.join(run_dir, run_files.CHECKPOINTS))
-
-
-def _local_checkpoints(run_dir: Path) -> Path:
-    return run_dir / run_files.CHECKPOINTS
+    return storage.list_dirs(storage.join(run_dir, run_files.CHECKPOINTS))
 
 
 def _latest_complete(run_dir: Path | str) -> checkpoint.GoodCheckpoint | None:
     """The newest checkpoint whose manifest and file sizes check (the workers also check the
     SHA-256s of the one they load: the driver does not read every byte a second time)."""
-    if isinstance(run_dir, Path):
-        return checkpoint.latest_good(_local_checkpoints(run_dir), hashes=False)
-    fs, parent = uri_storage.filesystem(uri_storage.join(run_dir, run_files.CHECKPOINTS))
+    fs, parent = storage.filesystem(storage.join(run_dir, run_files.CHECKPOINTS))
     return checkpoint.latest_good(parent, fs, hashes=False)
-
-
-def _join(run_dir: Path | str, *parts: str) -> Path | str:
-    return uri_storage.join(run_dir, *parts) if isinstance(run_dir, str) else run_dir.joinpath(*parts)
 
 
 def _usable(directory: Path | str) -> bool:
     """The checkpoint directory exists and its manifest's files have their sizes."""
-    if isinstance(directory, Path):
-        return directory.is_dir() and checkpoint.verify(directory, hashes=False) is None
-    if not uri_storage.exists(directory):
+    if not storage.exists(directory):
         return False
-    fs, path = uri_storage.filesystem(directory)
+    fs, path = storage.filesystem(directory)
     return checkpoint.verify(path, fs, hashes=False) is None
-
-
-def _exists(path: Path | str) -> bool:
-    return uri_storage.exists(str(path)) if uri_storage.is_uri(str(path)) else Path(path).exists()
-
-
-def _read_text(path: Path | str) -> str | None:
-    if isinstance(path, Path):
-        return path.read_text() if path.is_file() else None
-    return uri_storage.read_bytes(path).decode() if uri_storage.exists(path) else None
-
-
-def _write_text(path: Path | str, text: str) -> None:
-    if isinstance(path, Path):
-        write_text_atomic(path, text)
-    else:
-        uri_storage.write_bytes(path, text.encode())

@@ -30,8 +30,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dml_dist.atomic import write_text_atomic
-from dml_dist.train import uri_storage
+from dml_dist import storage
 
 LEASE = "lease.json"
 HEARTBEAT_SECONDS = 20.0
@@ -69,7 +68,7 @@ class Lease:
 
     def __init__(self, run_dir: Path | str):
         self.run_dir = run_dir
-        self.path = uri_storage.join(run_dir, LEASE) if isinstance(run_dir, str) else Path(run_dir) / LEASE
+        self.path = storage.join(run_dir, LEASE)
         now = time.time()
         self.holder = Holder(socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now)
         self._stop = threading.Event()
@@ -108,13 +107,9 @@ class Lease:
             self._thread.join(timeout=5)
         current = self._read()
         if current is not None and current.token == self.holder.token:
-            if isinstance(self.path, Path):
-                self.path.unlink(missing_ok=True)
-                if self.created_dir and not any(self.path.parent.iterdir()):
-                    self.path.parent.rmdir()  # a run refused before writing leaves no empty directory
-            else:
-                fs, path = uri_storage.filesystem(self.path)
-                fs.delete_file(path)
+            storage.delete_file(self.path)
+            if self.created_dir and not storage.list_names(self.run_dir):
+                storage.delete_dir(self.run_dir)  # a run refused before writing leaves no empty directory
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -124,40 +119,17 @@ class Lease:
 
     def _create(self) -> bool:
         """Create the lease file if none exists; False when one does."""
-        text = json.dumps(asdict(self.holder))
-        if not isinstance(self.path, Path):
-            if uri_storage.exists(self.path):
-                return False
-            uri_storage.write_bytes(self.path, text.encode())
-            return True
-        self.created_dir = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(handle, "w") as lease:
-            lease.write(text)
-        return True
+        self.created_dir = not storage.exists(self.run_dir)
+        return storage.create_new(self.path, json.dumps(asdict(self.holder)).encode())
 
     def _write(self) -> None:
-        text = json.dumps(asdict(self.holder))
-        if isinstance(self.path, Path):
-            write_text_atomic(self.path, text)
-        else:
-            uri_storage.write_bytes(self.path, text.encode())
+        storage.write_bytes(self.path, json.dumps(asdict(self.holder)).encode())
 
     def _read(self) -> Holder | None:
         """The lease's holder; None when there is no lease. An unreadable lease (torn by a crash
         while it was first written) counts as stale."""
-        try:
-            if isinstance(self.path, Path):
-                text = self.path.read_text()
-            elif uri_storage.exists(self.path):
-                text = uri_storage.read_bytes(self.path).decode()
-            else:
-                return None
-        except FileNotFoundError:  # removed by its holder while we looked
+        text = storage.read_text(self.path)  # None also when removed by its holder while we looked
+        if text is None:
             return None
         try:
             return Holder(**json.loads(text))

@@ -2,7 +2,7 @@
 
 A run has one *storage*: a directory on a file system that every node mounts (NFS, EFS, a
 Kubernetes ReadWriteMany volume), or a URI that Ray Train's storage accepts (``s3://``,
-``gs://``: anything ``pyarrow.fs`` opens; ``uri_storage.py`` says how files reach it). It comes
+``gs://``: anything ``pyarrow.fs`` opens; ``node_copies.py`` says how files reach it). It comes
 from ``--storage``, else ``train.storage``, else the ``DML_DIST_STORAGE`` environment variable;
 without any, the run stays on the driver's disk as on one machine (``runs/NAME`` and
 ``data/cache`` under the working directory).
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dml_dist import storage as locations
 from dml_dist.config import DataConfig, ExperimentConfig
 from dml_dist.config.credentials import refuse_credentials
-from dml_dist.train import uri_storage
 
 STORAGE_ENV = "DML_DIST_STORAGE"
 PROBE_TIMEOUT_S = 120.0
@@ -46,12 +46,11 @@ def resolve_storage(flag: str | None, config: ExperimentConfig) -> str | None:
     if not value:
         return None
     refuse_credentials(value, "--storage" if flag else "train.storage" if config.train.storage else STORAGE_ENV)
-    if value.startswith("file://"):
-        value = value[len("file://") :]
-    if uri_storage.is_uri(value):
-        uri_storage.filesystem(value)
+    local = locations.local_path(value)
+    if local is None:
+        locations.filesystem(value)  # a URI that pyarrow cannot open fails here, naming ``storage``
         return value
-    return str(Path(value).expanduser().absolute())
+    return str(local.expanduser().absolute())
 
 
 def resolve_run_dir(run_dir: str | None, config_name: str, storage: str | None) -> Path | str:
@@ -60,13 +59,12 @@ def resolve_run_dir(run_dir: str | None, config_name: str, storage: str | None) 
     A URI (given, or inside a URI storage) is returned as a string: ``Path`` would fold its ``//``.
     """
     refuse_credentials(run_dir, "--run-dir")
-    if run_dir is not None and uri_storage.is_uri(run_dir):
-        return run_dir
-    chosen = Path(run_dir) if run_dir else Path("runs") / config_name
+    chosen = locations.local_path(run_dir) if run_dir else Path("runs") / config_name
+    if chosen is None:  # a URI
+        return str(run_dir)
     if storage is not None and not chosen.is_absolute():
-        if uri_storage.is_uri(storage):
-            return uri_storage.join(storage, chosen.as_posix())
-        chosen = Path(storage) / chosen
+        inside = locations.join(storage, chosen.as_posix())
+        return inside.absolute() if isinstance(inside, Path) else inside
     return chosen.absolute()
 
 
@@ -75,7 +73,7 @@ def place_data(data: DataConfig, storage: str | None) -> None:
 
     With a URI storage the data is generated on the driver's disk; the launcher uploads it.
     """
-    if storage is not None and not uri_storage.is_uri(storage) and data.cache_dir == DataConfig().cache_dir:
+    if storage is not None and locations.is_local(storage) and data.cache_dir == DataConfig().cache_dir:
         data.cache_dir = str(Path(storage) / "data")
 
 
@@ -89,9 +87,8 @@ def anchor_relative_paths(config: ExperimentConfig) -> None:
     """
 
     def absolute(value: str | None) -> str | None:
-        if not value or uri_storage.is_uri(value) or Path(value).is_absolute():
-            return value
-        return str(Path(value).expanduser().absolute())
+        local = locations.local_path(value) if value else None
+        return value if local is None or local.is_absolute() else str(local.expanduser().absolute())
 
     data = config.data
     data.train_shards, data.eval_shards = absolute(data.train_shards), absolute(data.eval_shards)
@@ -159,15 +156,15 @@ def _write_probe(directory: str, writer: str) -> str:
 
 def _write(directory: str, name: str, text: str) -> None:
     """Write ``directory/PROBE_DIR/name`` (an absolute directory or a URI: ``pyarrow.fs`` opens both)."""
-    uri_storage.write_bytes(uri_storage.join(directory, PROBE_DIR, name), text.encode())
+    locations.write_bytes(locations.join(directory, PROBE_DIR, name), text.encode())
 
 
 def _read(directory: str, name: str) -> str:
-    return uri_storage.read_bytes(uri_storage.join(directory, PROBE_DIR, name)).decode()
+    return locations.read_bytes(locations.join(directory, PROBE_DIR, name)).decode()
 
 
 def _exists(path: str) -> bool:
-    return uri_storage.exists(path)
+    return locations.exists(path)
 
 
 def _probe_on_node(paths: list[SharedPath], tokens: dict[str, str], node_id: str) -> str | None:

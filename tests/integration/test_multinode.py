@@ -139,14 +139,14 @@ class S3:
     storage: str  # the URI a user passes as --storage (pyarrow options in the query)
 
     def read(self, *parts: str) -> bytes:
-        from dml_dist.train import uri_storage
+        from dml_dist import storage as locations
 
-        return uri_storage.read_bytes(uri_storage.join(self.storage, *parts))
+        return locations.read_bytes(locations.join(self.storage, *parts))
 
     def exists(self, *parts: str) -> bool:
-        from dml_dist.train import uri_storage
+        from dml_dist import storage as locations
 
-        return uri_storage.exists(uri_storage.join(self.storage, *parts))
+        return locations.exists(locations.join(self.storage, *parts))
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "dml-dist-test", "AWS_SECRET_ACCESS_KEY": "dml-dist-test"}

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from dml_dist import storage as locations
 from dml_dist.cli import main
 from dml_dist.config import DataConfig
 from dml_dist.distributed.collectives import free_local_port
-from dml_dist.train import uri_storage
 from tests.conftest import REPO, _wait_http, set_args, small_data_settings
 
 # Ray's workers inherit the environment the session's Ray instance starts with (tests/conftest.py),
@@ -96,16 +96,16 @@ def test_four_ranks_resuming_from_a_uri_storage_load_the_same_checkpoint(
     small_data: DataConfig, ray_session, bucket: Bucket, tmp_path: Path
 ) -> None:
     assert _train(small_data, bucket.storage, 4) == 0
-    run = uri_storage.join(bucket.storage, "runs", "four")
-    checkpoints = uri_storage.list_dirs(uri_storage.join(run, "checkpoints"))
+    run = locations.join(bucket.storage, "runs", "four")
+    checkpoints = locations.list_dirs(locations.join(run, "checkpoints"))
     assert {"step-000002", "step-000004"} <= set(checkpoints), checkpoints  # a disagreement would show
 
     before = bucket.requests.stat().st_size
     assert _train(small_data, bucket.storage, 6, "--resume", "--allow-changes", "train.steps") == 0
-    resumes = [json.loads(line) for line in uri_storage.read_bytes(uri_storage.join(run, "resumes.jsonl")).splitlines()]
+    resumes = [json.loads(line) for line in locations.read_bytes(locations.join(run, "resumes.jsonl")).splitlines()]
     assert [r["resumed_from"] for r in resumes] == [4]
     assert resumes[0]["rank_steps"] == [4, 4, 4, 4]  # the step each rank read from the files it loaded
-    rows = [json.loads(line) for line in uri_storage.read_bytes(uri_storage.join(run, "metrics.jsonl")).splitlines()]
+    rows = [json.loads(line) for line in locations.read_bytes(locations.join(run, "metrics.jsonl")).splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
 
     # The node copied the checkpoint's files once, not once per rank: as many reads of them
@@ -113,7 +113,7 @@ def test_four_ranks_resuming_from_a_uri_storage_load_the_same_checkpoint(
     prefix = "faults/storage/runs/four/checkpoints/step-000004"
     during_resume = bucket.reads_of(prefix, before)
     before_copy = bucket.requests.stat().st_size
-    uri_storage.download_dir(uri_storage.join(run, "checkpoints", "step-000004"), tmp_path / "one-copy")
+    locations.download_dir(locations.join(run, "checkpoints", "step-000004"), tmp_path / "one-copy")
     one_copy = bucket.reads_of(prefix, before_copy)
     assert one_copy > 0 and during_resume == one_copy, (during_resume, one_copy)
 

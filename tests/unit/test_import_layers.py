@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 LAYERS: list[set[str]] = [
-    {"atomic", "run_files", "losses"},  # no dml_dist imports but their own
+    {"atomic", "run_files", "losses", "storage"},  # no dml_dist imports but their own (storage: atomic)
     {"config"},  # the experiment's fields; checks a loss's parameters by building it
     {"distributed", "observability"},
     {"data", "models"},
@@ -128,6 +128,37 @@ def test_the_reader_sees_real_imports() -> None:
     assert "dml_dist.run_files" in graph["dml_dist.eval.api"]  # from a import module, inside a function
     assert "dml_dist.cli.parser" in graph["dml_dist.cli.train"]
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+LOCATION_QUESTIONS = {"scheme_of", "is_uri", "is_remote", "url_scheme"}
+"""Names that ask what kind a location is; ``local_path`` and ``is_local`` are storage's answers."""
+
+
+def _asks_location_kind(source: str) -> list[str]:
+    """Where ``source`` decides by itself whether a location is remote: a call of one of
+    ``LOCATION_QUESTIONS``, or a test on ``"://"`` / ``"file://"`` (lines, as ``line: text``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        literal = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+        if name in LOCATION_QUESTIONS or literal in ("://", "file://"):
+            found.append(f"{node.lineno}: {name or literal}")
+    return found
+
+
+def test_only_the_storage_module_asks_whether_a_location_is_remote() -> None:
+    """Issue 30's storage seam: one module (``dml_dist/storage.py``) knows local paths from URIs;
+    everyone else reads, writes, lists and joins through it."""
+    assert _asks_location_kind('if "://" in run_dir:\n    x = uri_storage.is_uri(run_dir)\n') == [
+        "1: ://",
+        "2: is_uri",
+    ]
+    askers = {
+        str(path.relative_to(REPO)): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != PACKAGE / "storage.py" and (found := _asks_location_kind(path.read_text()))
+    }
+    assert askers == {}
 
 
 def test_every_module_imports() -> None:

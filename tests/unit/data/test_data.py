@@ -18,7 +18,6 @@ from PIL import Image
 from dml_dist.cli import main
 from dml_dist.config import DataConfig
 from dml_dist.config.loader import load_config
-from dml_dist.data import tar_stream
 from dml_dist.data.datasets import resolve_data
 from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.folder import file_samples
@@ -434,4 +433,3 @@ def test_samples_must_be_grouped_by_class(tmp_path: Path) -> None:
     mixed = [samples[0], Sample(1, "k1", samples[0].read), Sample(0, "k2", samples[0].read)]
     with pytest.raises(ValueError, match="grouped by class"):
         write_shards(mixed, tmp_path / "x", 10, {})
-    assert tar_stream.is_remote("s3://b/x.tar") and not tar_stream.is_remote("/tmp/x.tar")

@@ -10,7 +10,8 @@ import pytest
 from dml_dist.cli import main
 from dml_dist.data.decode_spec import DecodeSpec
 from dml_dist.data.stream_loader import StreamingClassLoader
-from dml_dist.data.tar_stream import expand_urls, open_url, stream_samples
+from dml_dist.data.tar_stream import expand_urls, stream_samples
+from dml_dist.storage import open_input as open_url
 from tests.conftest import REPO
 
 
