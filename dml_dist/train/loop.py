@@ -6,7 +6,7 @@ N/W classes x K images from the shards by index, embeds them, all-gathers the em
 gradient, computes its anchors' share of the loss against the global batch, and steps the
 DeepSpeed engine (``train/step.py``; the gradient rule is in ``distributed/collectives.py``).
 Rank 0 then publishes the batch's class embeddings to the mining service; every rank re-embeds
-the stale classes the answer names (``mining/refresh.py``). The step's figures are one
+the stale classes the answer names (``train/refresh.py``). The step's figures are one
 ``StepMetrics`` row, observed by the Prometheus sink every step.
 
 ``run`` drives the steps: at log steps rank 0 logs the row, every ``eval_every`` steps it
@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.config.loader import config_to_dict
+from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.loader import build_loader
 from dml_dist.distributed import collectives
 from dml_dist.losses.memory import LossWithMemory, build_memory
 from dml_dist.mining.client import ClassSource, MiningClient, RandomClasses
 from dml_dist.mining.hardness import violation_rate
-from dml_dist.mining.refresh import refresh_stale_classes
 from dml_dist.models.param_groups import frozen_backbone
 from dml_dist.observability.logging import quiet_libraries
 from dml_dist.observability.metrics import NullMetrics, RayMetrics
@@ -52,6 +52,7 @@ from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.errors import STOPPED
 from dml_dist.train.evaluation import HeldOutEvaluator
 from dml_dist.train.model_sources import build_trained
+from dml_dist.train.refresh import refresh_stale_classes
 from dml_dist.train.resume import resume
 from dml_dist.train.step import optimizer_step
 from dml_dist.train.worker_plan import WorkerPlan
@@ -207,9 +208,20 @@ class Trainer:
         if self.rank == 0 and not result.skipped:
             self.classes.publish(step, np.asarray(answer.classes), self._class_embeddings(ref_ND))
         # Every refresh_every steps: re-embed the stale classes (bank_pos) the answer names.
-        refresh_stale_classes(
-            self.embedder, self.loader, self.classes, step, answer.stale_classes, self.config, self.device, self.dtype
-        )
+        if answer.stale_classes:
+            assert isinstance(
+                self.loader, ClassBatchLoader
+            )  # mining needs indexed data (ExperimentConfig refuses streaming)
+            refresh_stale_classes(
+                self.embedder,
+                self.loader,
+                self.classes,
+                step,
+                answer.stale_classes,
+                self.config,
+                self.device,
+                self.dtype,
+            )
         step_seconds = time.perf_counter() - started
         global_samples = ref_ND.shape[0]
         self.samples_done += global_samples

@@ -27,8 +27,8 @@ from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.data.stream_loader import StreamingClassLoader
 from dml_dist.eval.heldout import evaluate_shards
-from dml_dist.mining.refresh import refresh_stale_classes
 from dml_dist.models import build_model
+from dml_dist.train.refresh import refresh_stale_classes
 
 
 @pytest.fixture(autouse=True)

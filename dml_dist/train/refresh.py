@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,27 @@ from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
 from dml_dist.mining.class_ids import ClassIds
 from dml_dist.mining.client import ClassSource
+
+
+class IndexedClasses(Protocol):
+    """What the pass reads of a rank's indexed loader (``data/indexed_loader.py::ClassBatchLoader``)."""
+
+    @property
+    def shards(self) -> IndexedShards: ...
+    @property
+    def classes(self) -> Sequence[int]:
+        """bank_pos -> the shards' class_index (``ClassIds.of_loader``)."""
+        ...
+
+    @property
+    def class_sizes(self) -> Sequence[int]:
+        """bank_pos -> images of the class."""
+        ...
+
+    @property
+    def bad(self) -> BadDataLog:
+        """Where skipped samples are counted."""
+        ...
 
 
 def refresh_samples(
@@ -96,7 +117,7 @@ def embed_samples(
 
 def refresh_stale_classes(
     model: torch.nn.Module,
-    loader: Any,
+    loader: IndexedClasses,
     class_source: ClassSource,
     step: int,
     stale: Sequence[int],
@@ -107,7 +128,7 @@ def refresh_stale_classes(
     """Embed this rank's share of the ``stale`` classes and publish all shares from rank 0.
 
     Every rank must call it with the same ``stale`` list (``bank_pos``, part of the broadcast
-    answer). ``loader`` is the rank's indexed ``ClassBatchLoader`` (``ClassIds.of_loader`` maps
+    answer). ``loader`` is the rank's loader, indexed (``ClassBatchLoader``) (``ClassIds.of_loader`` maps
     its ``bank_pos`` to the shards' ``class_index``, ``loader.class_sizes`` sizes them);
     ``class_source`` is the rank's ``ClassSource`` (``RandomClasses`` publishes nothing). Bad
     samples are skipped and counted in the loader's ``skipped_samples``. Returns the number of classes refreshed (0 when ``stale`` is empty).
