@@ -9,7 +9,7 @@ t with that mean direction e:
 
 Refresh age at step t is t - last_step[c] over the classes seen so far; ``stale_classes`` lists
 the classes older than R steps (never-seen ones first), which the training side re-embeds
-(``mining/refresh.py``) so that no class is older than about R steps. The bank is plain numpy:
+(``train/refresh.py``) so that no class is older than about R steps. The bank is plain numpy:
 it saves to one ``.npz`` file (atomically: written beside, then renamed), from which a
 restarted mining actor restores itself.
 """

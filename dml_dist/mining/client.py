@@ -18,7 +18,7 @@ to random classes for that step and counts the fallback, as it does when the ser
 with random classes because it is not warm yet (each fallback says why: ``timeout``,
 ``unavailable``, ``warmup`` or ``graph_pending``). Ray restarts a dead service, which restores
 its bank from the last save, so later requests are answered again. Answers may carry
-``stale_classes`` for the training side to re-embed (``mining/refresh.py``).
+``stale_classes`` for the training side to re-embed (``train/refresh.py``).
 
 The service never fails training. A checkpoint asks it for its state for at most
 ``SAVE_TIMEOUT_S``; a late or failed save is skipped with a warning and counted

@@ -19,7 +19,7 @@ An answer (``MiningAnswer``, ``mining/answer.py``) holds the classes, whether th
 (chosen through the bank) or random and why (``warmup``: before ``warmup_steps`` or
 ``warmup_coverage``; ``graph_pending``: a large bank's first graph is not due yet; ``rule``:
 rule ``random``), the rule, the hard share in force, the bank's figures, and every
-``refresh_every`` steps the stale classes that the training side re-embeds (``mining/refresh.py``).
+``refresh_every`` steps the stale classes that the training side re-embeds (``train/refresh.py``).
 
 Selection rules (``mining.rule``) and the mined-share schedule: ``mining/__init__.py``. Large
 banks are searched on a kNN graph (``mining/graph_schedule.py`` says which graph an answer uses).
