@@ -112,6 +112,14 @@ class _StepPlan:
         return len(self.chunks)
 
 
+def usable_classes(sizes: Sequence[int], images_per_class: int, min_images_policy: str) -> list[int]:
+    """Positions of the classes a loader trains on: every class (``replace``: a class with fewer
+    than K images is sampled with replacement), or (``exclude``) those with at least K images."""
+    if min_images_policy == "exclude":
+        return [c for c, size in enumerate(sizes) if size >= images_per_class]
+    return list(range(len(sizes)))
+
+
 class ClassBatchLoader:
     """Indexed class-driven loader over a shard directory (see the module docstring).
 
@@ -136,7 +144,7 @@ class ClassBatchLoader:
         self.num_workers = num_workers
         sizes = shards.class_sizes()
         small = [c for c, size in enumerate(sizes) if size < images_per_class]
-        self.classes = list(range(len(sizes)))
+        self.classes = usable_classes(sizes, images_per_class, min_images_policy)
         if small:
             action = "sampled with replacement" if min_images_policy == "replace" else "excluded"
             log.warning(
@@ -147,9 +155,6 @@ class ClassBatchLoader:
                 action,
                 min_images_policy,
             )
-            if min_images_policy == "exclude":
-                dropped = set(small)
-                self.classes = [c for c in self.classes if c not in dropped]
         if not self.classes:
             raise ValueError(f"data: no class of {shards.directory} has K={images_per_class} images")
         self.class_sizes = [sizes[c] for c in self.classes]

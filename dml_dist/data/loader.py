@@ -23,7 +23,7 @@ from typing import Any
 from dml_dist import storage
 from dml_dist.config import DataConfig
 from dml_dist.data.decode_spec import DecodeSpec
-from dml_dist.data.indexed_loader import ClassBatchLoader
+from dml_dist.data.indexed_loader import ClassBatchLoader, usable_classes
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.data.shard_layout import is_complete, read_manifest
 from dml_dist.data.stream_loader import StreamingClassLoader
@@ -49,13 +49,38 @@ def build_loader(
         "num_workers": data.loader_workers,
         "min_images_policy": data.min_images_policy,
     }
-    local = storage.local_path(train_shards)
     if data.mode == "indexed":
-        if local is None or not local.is_dir():
-            raise ValueError(f"data.train_shards: indexed mode needs a local shard directory, got {train_shards}")
-        return ClassBatchLoader(IndexedShards(local), spec, **common)
-    if local is not None and is_complete(local):
-        num_classes = int(read_manifest(local)["num_classes"])
+        return ClassBatchLoader(_indexed_shards(train_shards), spec, **common)
+    num_classes = _streamed_classes(train_shards) or num_classes
     return StreamingClassLoader(
         train_shards, spec, buffer_samples=data.stream_buffer_samples, num_classes=num_classes, **common
     )
+
+
+def training_class_count(data: DataConfig, train_shards: str, images_per_class: int) -> int | None:
+    """Classes the workers' loaders will train on, known before they start (the driver checks N
+    against it): indexed, the classes ``usable_classes`` keeps; streaming, the manifest's count,
+    or None for a stream that does not say (the streaming loader stops with a clear error if it
+    runs out of classes)."""
+    if data.mode == "streaming":
+        return _streamed_classes(train_shards)
+    shards = _indexed_shards(train_shards)
+    usable = usable_classes(shards.class_sizes(), images_per_class, data.min_images_policy)
+    if not usable:
+        raise ValueError(f"data: no class of {train_shards} has K={images_per_class} images")
+    return len(usable)
+
+
+def _indexed_shards(train_shards: str) -> IndexedShards:
+    local = storage.local_path(train_shards)
+    if local is None or not local.is_dir():
+        raise ValueError(f"data.train_shards: indexed mode needs a local shard directory, got {train_shards}")
+    return IndexedShards(local)
+
+
+def _streamed_classes(train_shards: str) -> int | None:
+    """The manifest's class count of a local shard directory; None for a pattern or a remote stream."""
+    local = storage.local_path(train_shards)
+    if local is None or not is_complete(local):
+        return None
+    return int(read_manifest(local)["num_classes"]) or None

@@ -11,7 +11,6 @@ figures come back in the trainer's ``Result``, not from a file on the driver's d
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -23,7 +22,8 @@ from dml_dist.atomic import write_json_atomic
 from dml_dist.config.loader import save_config
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.datasets import DataPaths, resolve_data
-from dml_dist.data.shard_layout import CLASS_INDEX, MANIFEST, is_complete, read_manifest
+from dml_dist.data.loader import training_class_count
+from dml_dist.data.shard_layout import MANIFEST
 from dml_dist.losses import build_loss
 from dml_dist.mining.actor import BANK_FILE, start_mining_actor
 from dml_dist.models.input_config import resolve_input
@@ -252,32 +252,11 @@ def _shared_paths(run_dir: str, train: str, evaluation: str, train_is_directory:
 
 
 def _usable_classes(config: ExperimentConfig, train_shards: Path | str) -> int:
-    """Training classes the workers' loaders will use (``exclude`` drops classes with < K images),
-    counted from the shard set's class index (indexed) or manifest (streaming).
-
-    A remote stream does not say how many classes it holds: N is taken as fitting, and the
-    streaming loader stops with a clear error if the stream runs out of classes.
-    """
-    data, k = config.data, config.batch.images_per_class
-    if data.mode == "streaming":
-        local = storage.local_path(train_shards)
-        if local is not None and is_complete(local):
-            return int(read_manifest(local)["num_classes"]) or config.batch.num_classes
-        return config.batch.num_classes
-    local = storage.local_path(train_shards)
-    if local is None or not local.is_dir():
-        raise ValueError(f"data.train_shards: indexed mode needs a local shard directory, got {train_shards}")
-    sizes = _class_sizes(local)
-    usable = [size for size in sizes if size >= k] if data.min_images_policy == "exclude" else sizes
-    if not usable:
-        raise ValueError(f"data: no class of {train_shards} has K={k} images")
-    return len(usable)
-
-
-def _class_sizes(directory: Path) -> list[int]:
-    """Images per class of a shard directory, read from its class index (``class_index.json``)."""
-    index = json.loads((directory / CLASS_INDEX).read_text())
-    return [len(entries) for entries in index["classes"].values()]
+    """Training classes the workers' loaders will use (``data/loader.py::training_class_count``);
+    a stream that does not say how many it holds counts as N (its loader stops with a clear
+    error if it runs out of classes)."""
+    count = training_class_count(config.data, str(train_shards), config.batch.images_per_class)
+    return count or config.batch.num_classes
 
 
 def _ray_job_id() -> str:
