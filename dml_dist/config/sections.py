@@ -290,3 +290,7 @@ class MetricsConfig:
 
     enabled: bool = True
     """Record metrics with ``ray.util.metrics``; false = a null sink."""
+    probe: bool = True
+    """At log steps, embed a fixed random batch (N classes x K images, drawn once from the seed)
+    without gradient and record its violation rate beside the trained batch's
+    (``probe_violation_rate``, ``train/probe.py``): one forward pass per log step; indexed data only."""

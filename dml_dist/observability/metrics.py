@@ -34,6 +34,8 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
 - ``ray_dml_dist_eval_recall{k="1"...}``: the last held-out Recall@K;
 - ``ray_dml_dist_mining_violation_rate``: share of the batch's anchors whose hardest negative is
   more similar than their hardest positive (rank 0, at log steps, mining on or off);
+  ``ray_dml_dist_mining_probe_violation_rate``: the same on a fixed random probe batch
+  (``train/probe.py``), the baseline that the trained batch's rate is read against;
 - ``ray_dml_dist_mining_staleness_steps{stat}``: steps since the class centres the last selection
   relied on were refreshed; ``ray_dml_dist_mining_hard_share{rule}``: share of its classes mined;
 - ``ray_dml_dist_data_skipped_samples_total``: training samples skipped as bad data;
@@ -147,6 +149,10 @@ class RayMetrics(NullMetrics):
             "dml_dist_mining_violation_rate",
             "Share of anchors whose hardest in-batch negative beats their hardest positive",
         )
+        self._probe_violation = gauge(
+            "dml_dist_mining_probe_violation_rate",
+            "The violation rate of a fixed random probe batch (the baseline of the trained batch's)",
+        )
         self._staleness = gauge(
             "dml_dist_mining_staleness_steps", "Steps since the centres a selection relied on were refreshed", ("stat",)
         )
@@ -168,9 +174,9 @@ class RayMetrics(NullMetrics):
         self._rss.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, tags=tags)
         if torch.cuda.is_available():
             self._gpu_memory.set(torch.cuda.max_memory_allocated(), tags=tags)
-        rate = row.violation_rate
-        if rate is not None and rate == rate:  # None off rank 0 and between log steps, NaN without pairs
-            self._violation.set(rate, tags=tags)
+        for gauge_, rate in ((self._violation, row.violation_rate), (self._probe_violation, row.probe_violation_rate)):
+            if rate is not None and rate == rate:  # None off rank 0 and between log steps, NaN without pairs
+                gauge_.set(rate, tags=tags)
         if row.memory:  # empty: memory off
             self._memory_fill.set(row.memory["memory_fill"], tags=tags)
             self._memory_age.set(row.memory["memory_age_mean_steps"], tags={**tags, "stat": "mean"})

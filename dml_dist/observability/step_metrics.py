@@ -5,7 +5,8 @@ The loop (``train/loop.py``) builds one per step on every rank. Rank 0 writes it
 seconds and cross-batch memory figures flattened in); ``ray.train.report`` gets a few of its
 figures (``train/reporting.py``); the Prometheus sink observes it every step
 (``observability/metrics.py``). The mining figures come from the step's ``MiningAnswer``
-(``mining/answer.py``); ``violation_rate`` is computed on rank 0 at log steps only (None
+(``mining/answer.py``); ``violation_rate`` (of the trained batch) and ``probe_violation_rate``
+(of a fixed random batch, ``train/probe.py``) are computed on rank 0 at log steps only (None
 elsewhere).
 """
 
@@ -41,6 +42,8 @@ class StepMetrics:
     refresh_age_max: float | None = None
     negative_similarity: float | None = None
     violation_rate: float | None = None
+    probe_violation_rate: float | None = None
+    """The violation rate of the fixed random probe batch (``train/probe.py``): the baseline of ``violation_rate``."""
     staleness_at_selection_mean: float | None = None
     hard_share: float | None = None
     mining_diagnostics: dict[str, float] = field(default_factory=dict)
@@ -78,6 +81,7 @@ class StepMetrics:
             "refresh_age_max": self.refresh_age_max,
             "negative_similarity": self.negative_similarity,
             "violation_rate": self.violation_rate,
+            "probe_violation_rate": self.probe_violation_rate,
             "staleness_at_selection_mean": self.staleness_at_selection_mean,
             "hard_share": self.hard_share,
             **self.mining_diagnostics,

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dml_dist.config.loader import config_to_dict
+from dml_dist.config.schema import ExperimentConfig
 from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.loader import build_loader
 from dml_dist.distributed import collectives
@@ -52,6 +53,7 @@ from dml_dist.train.engine import build_engine, engine_dtype
 from dml_dist.train.errors import STOPPED
 from dml_dist.train.evaluation import HeldOutEvaluator
 from dml_dist.train.model_sources import build_trained
+from dml_dist.train.probe import probe_pairs, probe_violation_rate
 from dml_dist.train.refresh import refresh_stale_classes
 from dml_dist.train.resume import resume
 from dml_dist.train.step import optimizer_step
@@ -98,6 +100,15 @@ class Trainer:
             world_size=self.world_size,
             rank=self.rank,
             num_classes=config.batch.num_classes,
+        )
+        # The refresh pass and the probe read samples by class index: indexed data only.
+        self.indexed = self.loader if isinstance(self.loader, ClassBatchLoader) else None
+        self.probe = (
+            probe_pairs(
+                config.train.seed, self.indexed.class_sizes, config.batch.num_classes, config.batch.images_per_class
+            )
+            if self.indexed is not None and config.metrics.probe
+            else []
         )
         self.skips_reported = 0
         self.local_batch = config.batch.num_classes // self.world_size * config.batch.images_per_class
@@ -208,20 +219,12 @@ class Trainer:
         if self.rank == 0 and not result.skipped:
             self.classes.publish(step, np.asarray(answer.classes), self._class_embeddings(ref_ND))
         # Every refresh_every steps: re-embed the stale classes (bank_pos) the answer names.
-        if answer.stale_classes:
-            assert isinstance(
-                self.loader, ClassBatchLoader
-            )  # mining needs indexed data (ExperimentConfig refuses streaming)
-            refresh_stale_classes(
-                self.embedder,
-                self.loader,
-                self.classes,
-                step,
-                answer.stale_classes,
-                self.config,
-                self.device,
-                self.dtype,
-            )
+        if answer.stale_classes and self.indexed is not None:  # ExperimentConfig refuses mining with streaming
+            stale = answer.stale_classes
+            refresh_stale_classes(self.embedder, self.indexed, self.classes, step, stale, *self._where())
+        probe = None
+        if should_log and self.indexed is not None and self.probe:  # every rank: the forward is collective
+            probe = probe_violation_rate(self.embedder, self.indexed, self.probe, *self._where())
         step_seconds = time.perf_counter() - started
         global_samples = ref_ND.shape[0]
         self.samples_done += global_samples
@@ -243,6 +246,7 @@ class Trainer:
             refresh_age_max=answer.refresh_age_max,
             negative_similarity=answer.negative_similarity,
             violation_rate=violation,
+            probe_violation_rate=probe,
             staleness_at_selection_mean=answer.staleness_at_selection_mean,
             hard_share=answer.hard_share,
             mining_diagnostics=answer.diagnostics(),
@@ -252,6 +256,9 @@ class Trainer:
         )
         self.metrics.observe_step(row)
         return row
+
+    def _where(self) -> tuple[ExperimentConfig, torch.device, torch.dtype]:
+        return self.config, self.device, self.dtype
 
     def load_share(self, step: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's images [B, C, H, W] and labels [B] for the step's classes (``bank_pos``)."""
