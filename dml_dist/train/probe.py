@@ -8,8 +8,8 @@ violation rate is the baseline that a mined batch's is read against: a rule that
 classes shows a trained-batch rate above the probe's at the same step; random classes show both
 alike (issue 28, item 4).
 
-Every rank embeds its share of the probe (the list padded by repeating its last image, as the
-refresh pass does: ZeRO stage 3's forward is collective), and rank 0 gathers the shares.
+Every rank embeds an equal share of the probe and the shares are gathered
+(``train/refresh.py::embed_across_ranks``, shared with the refresh pass).
 Cost: one forward pass of N x K images per log step, without backward.
 """
 
@@ -22,9 +22,8 @@ import torch
 
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.distributed import collectives
-from dml_dist.mining.class_ids import ClassIds
 from dml_dist.mining.hardness import violation_rate
-from dml_dist.train.refresh import IndexedClasses, embed_samples
+from dml_dist.train.refresh import IndexedClasses, embed_across_ranks
 
 PROBE_STREAM = 7
 """Seeds the probe's draw apart from every other stream of the run (``refresh_samples`` uses 3)."""
@@ -55,35 +54,5 @@ def probe_violation_rate(
 ) -> float | None:
     """The probe's violation rate on rank 0 (NaN when no anchor has a positive and a negative),
     None on the other ranks. Every rank must call it at the same step with the same ``pairs``."""
-    world, rank = collectives.world_size(), collectives.rank()
-    padded = list(pairs) + [pairs[-1]] * (-len(pairs) % world)
-    per_rank = len(padded) // world
-    mine = padded[rank * per_rank : (rank + 1) * per_rank]
-    class_ids = ClassIds.of_loader(loader)
-    index_pairs = [(class_ids.class_index_of([p])[0], s) for p, s in mine]
-    data = config.data
-    class_index_M, emb_MD = embed_samples(
-        model,
-        loader.shards,
-        index_pairs,
-        data.decode_size,
-        data.channels,
-        device,
-        dtype,
-        loader.bad,
-        data.resize_filter,
-    )
-    # Fixed-size rows so the all-gather lines up; rows of unreadable samples and of the padding
-    # (a repeated image would be a perfect positive of its own) keep label -1.
-    real = min(len(class_index_M), max(0, len(pairs) - rank * per_rank))
-    labels_R = torch.full((per_rank,), -1, dtype=torch.int64)
-    emb_RD = torch.zeros(per_rank, config.model.embedding_dim, dtype=torch.float32)
-    if real:
-        labels_R[:real] = torch.from_numpy(class_index_M[:real])
-        emb_RD[:real] = torch.from_numpy(emb_MD[:real])
-    all_labels = collectives.gather_no_grad(labels_R.to(device)).cpu().numpy()
-    all_emb = collectives.gather_no_grad(emb_RD.to(device)).cpu().numpy()
-    if rank != 0:
-        return None
-    keep = all_labels >= 0
-    return violation_rate(all_emb[keep], all_labels[keep])
+    labels_M, emb_MD = embed_across_ranks(model, loader, pairs, config, device, dtype)
+    return violation_rate(emb_MD, labels_M) if collectives.rank() == 0 else None

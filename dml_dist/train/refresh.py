@@ -8,9 +8,9 @@ most ``mining.refresh_max_classes``). The training side embeds ``refresh_images_
 images of each with the current model (no gradient) and publishes them; the bank averages a
 class's images.
 
-The pass runs on every rank, each embedding an equal share of the stale classes (the list is
-padded by repeating its last class), and the shares are all-gathered to rank 0, which
-publishes. So it costs each rank 1/W of the forward passes, and every rank runs the model the
+The pass runs on every rank, each embedding an equal share of the stale classes' images (the
+list padded by repeating its last image, whose copies are then dropped), and the shares are
+all-gathered; rank 0 publishes. So it costs each rank 1/W of the forward passes, and every rank runs the model the
 same number of times, as ZeRO stage 3 needs (its forward gathers parameters collectively).
 Cost: about ``refresh_max_classes * refresh_images_per_class / W`` forward-only images per
 rank every ``refresh_every`` steps (defaults: 64 images per rank every 10 steps, against 320
@@ -115,34 +115,28 @@ def embed_samples(
     return np.asarray(classes, dtype=np.int64), emb_MD.cpu().numpy()
 
 
-def refresh_stale_classes(
+def embed_across_ranks(
     model: torch.nn.Module,
     loader: IndexedClasses,
-    class_source: ClassSource,
-    step: int,
-    stale: Sequence[int],
+    pairs: Sequence[tuple[int, int]],
     config: ExperimentConfig,
     device: torch.device,
     dtype: torch.dtype,
-) -> int:
-    """Embed this rank's share of the ``stale`` classes and publish all shares from rank 0.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bank_pos [M], unit embeddings [M, D]) of the readable samples among (bank_pos, sample)
+    ``pairs``, in their order, on every rank; each rank embeds an equal share without gradient.
 
-    Every rank must call it with the same ``stale`` list (``bank_pos``, part of the broadcast
-    answer). ``loader`` is the rank's loader, indexed (``ClassBatchLoader``) (``ClassIds.of_loader`` maps
-    its ``bank_pos`` to the shards' ``class_index``, ``loader.class_sizes`` sizes them);
-    ``class_source`` is the rank's ``ClassSource`` (``RandomClasses`` publishes nothing). Bad
-    samples are skipped and counted in the loader's ``skipped_samples``. Returns the number of classes refreshed (0 when ``stale`` is empty).
+    Every rank must call it with the same ``pairs``. The shares are padded by repeating the last
+    pair, so every rank runs one forward pass (ZeRO stage 3's forward is collective); the padding
+    rows are dropped, so no image counts twice. Bad samples are skipped and counted in
+    ``loader.bad`` (``embed_samples``).
     """
-    if not stale:
-        return 0
-    images_per_class = config.mining.refresh_images_per_class
     world, rank = collectives.world_size(), collectives.rank()
-    padded = list(stale) + [stale[-1]] * (-len(stale) % world)
+    padded = list(pairs) + [pairs[-1]] * (-len(pairs) % world)
     per_rank = len(padded) // world
     mine = padded[rank * per_rank : (rank + 1) * per_rank]
     class_ids = ClassIds.of_loader(loader)
-    pairs = refresh_samples(config.train.seed, step, mine, loader.class_sizes, images_per_class)
-    index_pairs = list(zip(class_ids.class_index_of([p for p, _ in pairs]), [s for _, s in pairs], strict=True))
+    index_pairs = [(class_ids.class_index_of([p])[0], s) for p, s in mine]
     data = config.data
     class_index_M, emb_MD = embed_samples(
         model,
@@ -155,16 +149,42 @@ def refresh_stale_classes(
         loader.bad,
         data.resize_filter,
     )
-    classes_M = np.asarray(class_ids.bank_pos_of(class_index_M.tolist()), dtype=np.int64)
-    # Fixed-size rows so the all-gather lines up; rows of missing samples keep class -1.
-    rows = per_rank * images_per_class
-    classes_R = torch.full((rows,), -1, dtype=torch.int64)
-    emb_RD = torch.zeros(rows, config.model.embedding_dim, dtype=torch.float32)
-    if len(classes_M):
-        classes_R[: len(classes_M)] = torch.from_numpy(classes_M)
-        emb_RD[: len(classes_M)] = torch.from_numpy(emb_MD)
+    # Fixed-size rows so the all-gather lines up; rows of unreadable samples and of the padding keep -1.
+    real = min(len(class_index_M), max(0, len(pairs) - rank * per_rank))
+    classes_R = torch.full((per_rank,), -1, dtype=torch.int64)
+    emb_RD = torch.zeros(per_rank, config.model.embedding_dim, dtype=torch.float32)
+    if real:
+        classes_R[:real] = torch.tensor(class_ids.bank_pos_of(class_index_M[:real].tolist()), dtype=torch.int64)
+        emb_RD[:real] = torch.from_numpy(emb_MD[:real])
     all_classes = collectives.gather_no_grad(classes_R.to(device)).cpu().numpy()
     all_emb = collectives.gather_no_grad(emb_RD.to(device)).cpu().numpy()
     keep = all_classes >= 0
-    class_source.publish(step, all_classes[keep], all_emb[keep])
+    return all_classes[keep], all_emb[keep]
+
+
+def refresh_stale_classes(
+    model: torch.nn.Module,
+    loader: IndexedClasses,
+    class_source: ClassSource,
+    step: int,
+    stale: Sequence[int],
+    config: ExperimentConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> int:
+    """Embed ``refresh_images_per_class`` images of each ``stale`` class (``bank_pos``), the
+    ranks sharing the work (``embed_across_ranks``), and publish them through ``class_source``
+    (``RandomClasses`` publishes nothing; the mining client publishes from rank 0).
+
+    Every rank must call it with the same ``stale`` list (part of the broadcast answer).
+    ``loader`` is the rank's indexed loader (``ClassBatchLoader``): ``ClassIds.of_loader`` maps
+    its ``bank_pos`` to the shards' ``class_index``, ``loader.class_sizes`` sizes the classes.
+    Returns the number of classes refreshed (0 when ``stale`` is empty).
+    """
+    if not stale:
+        return 0
+    images_per_class = config.mining.refresh_images_per_class
+    pairs = refresh_samples(config.train.seed, step, stale, loader.class_sizes, images_per_class)
+    classes_M, emb_MD = embed_across_ranks(model, loader, pairs, config, device, dtype)
+    class_source.publish(step, classes_M, emb_MD)
     return len(set(stale))
