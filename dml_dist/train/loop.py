@@ -222,10 +222,10 @@ class Trainer:
         if answer.stale_classes and self.indexed is not None:  # ExperimentConfig refuses mining with streaming
             stale = answer.stale_classes
             refresh_stale_classes(self.embedder, self.indexed, self.classes, step, stale, *self._where())
+        step_seconds = time.perf_counter() - started  # the probe below measures; it is not training work
         probe = None
         if should_log and self.indexed is not None and self.probe:  # every rank: the forward is collective
             probe = probe_violation_rate(self.embedder, self.indexed, self.probe, *self._where())
-        step_seconds = time.perf_counter() - started
         global_samples = ref_ND.shape[0]
         self.samples_done += global_samples
         self.seconds_done += step_seconds
