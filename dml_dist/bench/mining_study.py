@@ -18,6 +18,7 @@ per-step mining figures (mined, hard share, staleness at selection, violation ra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -57,10 +58,17 @@ class LocalMiningClient(RandomClasses):
     def publish(self, step: int, class_ids: np.ndarray, emb_CD: np.ndarray) -> None:
         self.service.publish(step, class_ids, emb_CD)
 
+    def save_state(self, path: str, timeout_s: float = 0.0) -> str | None:
+        return self.service.save(path)
+
+    def restore_state(self, path: str, timeout_s: float = 0.0) -> int | None:
+        return self.service.restore(path)
+
 
 def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eval_at: list[int]) -> dict[str, Any]:
     """Train ``steps`` steps and evaluate at ``eval_at``; returns the figures (see module docstring)."""
     from dml_dist.train.loop import Trainer
+    from dml_dist.train.worker_parts import build_parts
     from dml_dist.train.worker_plan import WorkerPlan
 
     config = load_config(
@@ -78,10 +86,15 @@ def run_study(config_path: str, overrides: list[str], seed: int, steps: int, eva
     run_dir.mkdir(parents=True, exist_ok=True)
     collectives.init_local_gloo(0, 1, collectives.free_local_port())
     try:
-        trainer = Trainer(plan)
+        # The harness's own parts: no Ray Train session, and the mining service in this process.
+        parts = build_parts(plan, in_ray_train=False)
         if config.mining.enabled:
-            service = MiningService(trainer.loader.num_classes, config.model.embedding_dim, config.mining, seed)
-            trainer.classes = LocalMiningClient(service, seed, trainer.loader.num_classes, config.batch.num_classes)
+            num_classes = parts.loader.num_classes
+            service = MiningService(num_classes, config.model.embedding_dim, config.mining, seed)
+            parts = dataclasses.replace(
+                parts, classes=LocalMiningClient(service, seed, num_classes, config.batch.num_classes)
+            )
+        trainer = Trainer(plan, parts)
         rows: list[dict[str, Any]] = []
         evals: dict[int, dict[str, float]] = {}
         started = time.perf_counter()

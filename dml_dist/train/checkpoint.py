@@ -1,9 +1,9 @@
 """Checkpoints that a reader never accepts half-written, and that load without unpickling code.
 
 Checkpoints go through Ray Train. At a checkpoint step every rank saves its DeepSpeed files
-(model, its optimizer partition, our ``client_state``) into node-local scratch, rank 0 adds the
-mining service's state (``mining_state.npz``), every rank hashes its files, and rank 0 writes
-``complete.json``: the step and the size and SHA-256 of every file of every rank. Each rank
+(model, its optimizer partition, the ``TrainState``'s ``client_state``: ``train/train_state.py``)
+into node-local scratch, rank 0 adds the mining service's state (``mining_state.npz``), every
+rank hashes its files, and rank 0 writes ``complete.json``: the step and the size and SHA-256 of every file of every rank. Each rank
 then hands its directory to ``ray.train.report(..., checkpoint=...)``, which merges them into
 one directory of the run's storage, ``RUN_DIR/checkpoints/step-NNNNNN/``, and keeps the newest
 ``train.keep_checkpoints`` (Ray's ``CheckpointConfig``). So engine state of every rank and the
@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,9 @@ import torch
 
 from dml_dist.atomic import write_json_atomic
 from dml_dist.distributed import collectives
+from dml_dist.train.train_state import TrainState
 
 MANIFEST = "complete.json"
-MINING_STATE = "mining_state.npz"
 PREFIX = "step-"
 
 
@@ -151,30 +151,25 @@ def has_checkpoints(checkpoint_dir: Path) -> bool:
     return checkpoint_dir.is_dir() and any(p.name.startswith(PREFIX) for p in checkpoint_dir.iterdir())
 
 
-def save_local(
-    engine: Any,
-    scratch: Path,
-    step: int,
-    client_state: dict[str, Any],
-    save_mining: Callable[[str], Any] | None,
-) -> Path:
-    """Write this rank's share of the step's checkpoint to ``scratch/step-NNNNNN`` and seal it.
+def save_local(engine: Any, state: TrainState, scratch: Path) -> Path:
+    """Write this rank's share of the checkpoint of ``state.step`` to ``scratch/step-NNNNNN`` and seal it.
 
-    Every rank calls this (it holds collectives): each saves its DeepSpeed files, rank 0 also the
-    mining state (``save_mining(path)``, which writes nothing when mining is off), and rank 0
-    writes the manifest of every rank's files. Returns the directory to report to Ray Train.
+    Every rank calls this (it holds collectives): each saves its DeepSpeed files with the
+    state's ``client_state``, rank 0 also the state's files (the mining state, nothing when
+    mining is off) and the manifest of every rank's files. Returns the directory to report to
+    Ray Train.
     """
-    tag = tag_for(step)
-    engine.save_checkpoint(str(scratch), tag=tag, client_state=client_state, save_latest=False)
+    tag = tag_for(state.step)
+    engine.save_checkpoint(str(scratch), tag=tag, client_state=state.state_dict(), save_latest=False)
     directory = scratch / tag
-    if collectives.rank() == 0 and save_mining is not None:
-        save_mining(str(directory / MINING_STATE))
+    rank = collectives.rank()
+    state.save_files(directory, rank)
     every_rank = collectives.all_gather_object(file_hashes(directory))
-    if collectives.rank() == 0:
+    if rank == 0:
         files: dict[str, dict[str, Any]] = {}
         for share in every_rank:
             files.update(share)
-        write_manifest(directory, step, files)
+        write_manifest(directory, state.step, files)
     return directory
 
 

@@ -3,7 +3,7 @@
 At step 0 (the untrained model), every ``train.eval_every`` steps and at the last step, rank 0
 embeds the held-out shards and measures retrieval (``eval/heldout.py``). ``eval.json`` holds the
 latest result, the untrained one, every metric of the report and the history of Recall@K by
-step (a resumed run keeps the history up to its step, ``train/resume.py``); the last step also
+step (a resumed run keeps the history up to its step: ``TrainState.eval_history``); the last step also
 writes the gallery of retrievals. A bad held-out sample (undecodable image, corrupt tar member)
 is skipped and counted (``metrics.extra.skipped_samples`` in ``eval.json``), never fatal; a
 storage error fails the step (``data/bad_data.py``). The last result also reaches Prometheus and
@@ -40,6 +40,7 @@ class HeldOutEvaluator:
         device: torch.device,
         run_dir: Path,
         metrics: NullMetrics,
+        history: list[EvalPoint],
     ):
         self.embedder = embedder
         self.plan = plan
@@ -47,7 +48,7 @@ class HeldOutEvaluator:
         self.device = device
         self.run_dir = run_dir
         self.metrics = metrics
-        self.eval_history: list[EvalPoint] = []
+        self.eval_history = history  # the TrainState's list (train/train_state.py): a resume refills it
         self.last_eval: dict[str, Any] = {}
 
     def evaluate(self, step: int) -> None:

@@ -202,7 +202,7 @@ def _train_holding_lease(
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # Ray Train V2 takes logging_config; mypy reads V1
             # Ray Train's run directory is RUN_DIR itself, named as the run; checkpoints go to
-            # RUN_DIR/checkpoints/step-NNNNNN (reporting.report_with_checkpoint names them).
+            # RUN_DIR/checkpoints/step-NNNNNN (checkpointer.Checkpointer.report names them).
             name=ray_name,
             storage_path=ray_parent,
             failure_config=FailureConfig(max_failures=config.train.max_failures),

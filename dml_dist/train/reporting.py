@@ -10,14 +10,12 @@
   view, Ray Tune's scheduler and the driver's ``Result``. A report returns when Ray Train's
   controller next polls the workers (``launcher.REPORT_POLL_SECONDS``), so log steps, which may
   come every step, do not report. At checkpoint steps each rank's share of the checkpoint goes
-  with it (``train/checkpoint.py``).
+  with it (``train/checkpointer.py``).
 - Final files (rank 0): ``embedder.pt`` for ``eval``/``embed`` and ``curves.png``.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +26,13 @@ from dml_dist.atomic import write_json_atomic
 from dml_dist.distributed import collectives
 from dml_dist.observability.progress import format_step_line
 from dml_dist.observability.step_metrics import StepMetrics
-from dml_dist.train import checkpoint
 from dml_dist.train.curves import write_training_curves
 from dml_dist.train.storage import node_info
 
 
-def announce_placement(run_dir: Path, rank: int) -> list[dict[str, Any]]:
+def announce_placement(run_dir: Path, rank: int, node_id: str) -> list[dict[str, Any]]:
     """Every rank's node, host and pid, in rank order (printed by each rank, written by rank 0)."""
-    here = {"rank": rank, **node_info()}
+    here = {"rank": rank, **node_info(node_id)}
     print(f"[rank {rank}] node {here['node_id'][:12]} host {here['host']} pid {here['pid']}", flush=True)
     placement = collectives.all_gather_object(here)
     if rank == 0:
@@ -81,28 +78,6 @@ def ray_metrics(
         metrics.update(summary, placement=placement, run_dir=run_dir)
         metrics["curves"] = _join(run_dir, "curves.png")
     return metrics
-
-
-def report_with_checkpoint(
-    engine: Any,
-    metrics: dict[str, Any],
-    step: int,
-    client_state: dict[str, Any],
-    save_mining: Callable[[str], Any] | None,
-) -> None:
-    """``ray.train.report`` with this rank's share of the step's checkpoint (engine state, client
-    state, rank 0: the mining state), sealed and merged by Ray Train into
-    ``RUN_DIR/checkpoints/step-NNNNNN`` (``checkpoint.py``). Every rank calls it."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory(prefix="dml-dist-checkpoint-") as scratch:
-        directory = checkpoint.save_local(engine, Path(scratch), step, client_state, save_mining)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-            # Ray Train's run directory is RUN_DIR (launcher._ray_train_location): checkpoints in RUN_DIR/checkpoints.
-            checkpoint_dir_name=f"{run_files.CHECKPOINTS}/{directory.name}",
-        )
 
 
 def write_final_files(run_dir: Path, embedder: torch.nn.Module, config: dict[str, Any], steps: int) -> None:

@@ -7,67 +7,45 @@ is used. Rank 0 alone chooses it and broadcasts it, and every rank verifies it b
 (``_agreed_checkpoint``), so all ranks load the same step. Every rank restores its engine state
 and the cross-batch memory; rank 0 also restores the class source (the mining service's state of
 the same step), logs the resume to ``resumes.jsonl``, drops the ``metrics.jsonl`` rows after the
-step (they are logged again) and a torn last line of either file (``run_files.drop_torn_tail``),
-and keeps the evaluation history up to the step. On a URI storage the chosen checkpoint is
-copied once per node into scratch private to the run, and removed after loading, and rank 0
-first replaces its local mirror of the run directory by the run's files (``train/node_copies.py``).
+step (they are logged again) and a torn last line of either file, and keeps the evaluation
+history up to the step (``run_directory.rewind_run_files``). What is restored besides the engine
+is the worker's one ``TrainState`` (``train/train_state.py``). On a URI storage the chosen
+checkpoint is copied once per node into scratch private to the run, and removed after loading,
+and rank 0 first replaces its local mirror of the run directory by the run's files
+(``train/node_copies.py``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dml_dist import run_files, storage
 from dml_dist.distributed import collectives
-from dml_dist.eval.result import EvalPoint, EvalResult
-from dml_dist.losses.memory import Memory
-from dml_dist.mining.client import ClassSource
 from dml_dist.train import checkpoint, node_copies
+from dml_dist.train.run_directory import rewind_run_files
+from dml_dist.train.train_state import TrainState
 from dml_dist.train.worker_plan import WorkerPlan
-
-
-@dataclass
-class Resumed:
-    """Where a worker starts: step 0 of a fresh run, or a checkpoint's step and counters."""
-
-    step: int = 0
-    skipped_steps: int = 0
-    eval_history: list[EvalPoint] = field(default_factory=list)
-    """Rank 0: ``eval.json``'s history up to ``step``."""
-
-
-def _reported_checkpoint() -> Any:
-    """The checkpoint Ray Train hands this worker; None outside ``trainer.fit`` (the in-process
-    study harness, ``bench/mining_study.py``, runs the loop without a Ray Train session)."""
-    import ray.train
-
-    try:
-        return ray.train.get_checkpoint()
-    except RuntimeError as error:
-        if "outside of a Ray Train training function" not in str(error):
-            raise
-        return None
 
 
 def resume(
     engine: Any,
-    memory: Memory,
-    classes: ClassSource,
+    state: TrainState,
+    reported: Any,
     run_dir: Path,
     plan: WorkerPlan,
     mirror: node_copies.RunMirror | None,
     rank: int,
-) -> Resumed:
-    """Restore the checkpoint Ray Train hands back, if any (see the module docstring).
+) -> bool:
+    """Restore ``engine`` and ``state`` from the run's newest intact checkpoint, if any (see the
+    module docstring); returns whether it resumed.
 
-    ``run_dir`` is where rank 0 writes the run's files (``mirror.local`` on a URI storage; the
-    other ranks have no mirror and write no run file).
+    ``reported`` is the checkpoint Ray Train hands this worker (``ray.train.get_checkpoint()``),
+    None for a fresh run and outside Ray Train. ``run_dir`` is where rank 0 writes the run's
+    files (``mirror.local`` on a URI storage; the other ranks have no mirror and write no run file).
     """
-    reported = _reported_checkpoint()
     # A fresh run's directory holds no checkpoint (the driver refuses one that does), so a
     # sealed checkpoint here is this run's, also one whose report a failure cut short.
     fs, parent = _checkpoint_parent(reported, run_dir, plan.run_dir)
@@ -76,38 +54,26 @@ def resume(
     if found is None:
         if plan.resume or reported is not None:
             raise RuntimeError(f"no intact checkpoint to resume from in {parent}")
-        return Resumed()
+        return False
     checkpoints, good = found
-    state = checkpoint.load(engine, checkpoints, good)
-    resumed = Resumed(int(state["step"]), int(state.get("skipped_steps", 0)))
-    memory.load_state_dict(state.get("memory", {}))
-    mining_file = checkpoints / good.tag / checkpoint.MINING_STATE
-    if rank == 0 and mining_file.is_file():
-        classes.restore_state(str(mining_file))
+    state.load_state_dict(checkpoint.load(engine, checkpoints, good))
+    state.load_files(checkpoints / good.tag, rank)
     if fs is not None:
         node_copies.drop_node_checkpoint(checkpoints, copier)
     # What every rank loaded, read from its own files: agreement is checked, not assumed.
-    rank_steps = collectives.all_gather_object(resumed.step)
+    rank_steps = collectives.all_gather_object(state.step)
     if len(set(rank_steps)) != 1:
         raise RuntimeError(f"ranks resumed from different steps {rank_steps} ({good.tag} was chosen)")
     if rank != 0:
-        return resumed
-    step = resumed.step
-    print(f"resuming from {parent}/{good.tag} at step {step}", flush=True)
+        return True
+    print(f"resuming from {parent}/{good.tag} at step {state.step}", flush=True)
     if mirror is not None:
         mirror.pull()
-    # A crash may have torn the last line of an appended file: cut it off before appending again.
-    for name in run_files.APPENDED:
-        if run_files.drop_torn_tail(run_dir / name):
-            print(f"resume: dropped the torn last line of {run_dir / name}", flush=True)
+    state.load_eval_history(rewind_run_files(run_dir, state.step))
     run_files.append_jsonl(
-        run_dir / run_files.RESUMES, {"resumed_from": step, "time": time.time(), "rank_steps": rank_steps}
+        run_dir / run_files.RESUMES, {"resumed_from": state.step, "time": time.time(), "rank_steps": rank_steps}
     )
-    run_files.truncate_metrics(run_dir / run_files.METRICS, after_step=step)
-    eval_file = run_dir / run_files.EVAL
-    if eval_file.is_file():
-        resumed.eval_history = [h for h in EvalResult.read(eval_file).history if h.step <= step]
-    return resumed
+    return True
 
 
 def _checkpoint_parent(reported: Any, run_dir: Path, run_location: str) -> tuple[Any, str]:

@@ -21,6 +21,10 @@ that exists), so two runs of one config never meet.
 Ray Train keeps its own list of the run's checkpoints (``checkpoint_manager_snapshot.json``)
 and refuses to start a run whose list names a checkpoint directory that no longer exists. ``forget_unusable_checkpoints`` drops such entries (and damaged ones) before a
 resume, so deleting the newest checkpoint makes the run resume from the one before it.
+
+A worker that resumes at step t rewinds the run's files to t (``rewind_run_files``): a torn last
+line of an appended file is cut off, ``metrics.jsonl`` loses the rows after t (they are logged
+again) and the evaluation history after t is dropped.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import yaml
 from dml_dist import run_files, storage
 from dml_dist.config.loader import config_to_dict
 from dml_dist.config.schema import ExperimentConfig
+from dml_dist.eval.result import EvalPoint, EvalResult
 from dml_dist.train import checkpoint
 from dml_dist.train.run_lease import LEASE
 from dml_dist.train.storage import PROBE_DIR
@@ -174,6 +179,20 @@ def forget_unusable_checkpoints(run_dir: Path | str) -> list[str]:
         flush=True,
     )
     return missing
+
+
+def rewind_run_files(run_dir: Path, step: int) -> list[EvalPoint]:
+    """Rewind a local run directory (rank 0's, or its mirror) to ``step`` (see the module
+    docstring); returns ``eval.json``'s history up to ``step``."""
+    # A crash may have torn the last line of an appended file: cut it off before appending again.
+    for name in run_files.APPENDED:
+        if run_files.drop_torn_tail(run_dir / name):
+            print(f"resume: dropped the torn last line of {run_dir / name}", flush=True)
+    run_files.truncate_metrics(run_dir / run_files.METRICS, after_step=step)
+    eval_file = run_dir / run_files.EVAL
+    if not eval_file.is_file():
+        return []
+    return [point for point in EvalResult.read(eval_file).history if point.step <= step]
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

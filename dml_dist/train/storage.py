@@ -191,15 +191,9 @@ def _probe_on_node(paths: list[SharedPath], tokens: dict[str, str], node_id: str
     return None
 
 
-def node_info() -> dict[str, Any]:
-    """Where this worker runs: Ray node id, host name and process id (printed and reported).
-
-    Outside Ray (the in-process study harness) the node id is ``"local"``: asking Ray would start
-    or join a cluster, which a one-process run must not do.
-    """
+def node_info(node_id: str) -> dict[str, Any]:
+    """Where this worker runs: Ray node id (``train/worker_parts.py`` asks Ray), host name and
+    process id (printed and reported)."""
     import socket
 
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     return {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid()}

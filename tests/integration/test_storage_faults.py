@@ -129,6 +129,7 @@ def test_a_shard_that_cannot_be_read_fails_the_training_step(
     from dml_dist.data.datasets import resolve_data
     from dml_dist.distributed import collectives
     from dml_dist.train.loop import Trainer
+    from dml_dist.train.worker_parts import build_parts
     from dml_dist.train.worker_plan import WorkerPlan
 
     data = resolve_data(small_data)
@@ -143,7 +144,7 @@ def test_a_shard_that_cannot_be_read_fails_the_training_step(
     (tmp_path / "run").mkdir()
     collectives.init_local_gloo(0, 1, collectives.free_local_port())
     try:
-        trainer = Trainer(plan)
+        trainer = Trainer(plan, build_parts(plan, in_ray_train=False))
         for shard in train.glob("shard-*.tar"):
             shard.unlink()  # every class's shard: whichever classes step 1 draws, its reads fail
         monkeypatch.setattr(bad_data, "IO_PAUSE_S", 0.05)  # shorter pauses between the 3 tries
