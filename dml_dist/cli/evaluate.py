@@ -33,6 +33,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dml_dist.train.preflight import check_faiss
 
     check_faiss()  # retrieval is faiss's: a plain install without it fails here, in one line
+    from dml_dist.config.loader import replaced
     from dml_dist.data.datasets import resolve_data
     from dml_dist.eval.api import load_embedder
     from dml_dist.eval.gallery import write_run_gallery
@@ -42,8 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     embedder = load_embedder(args.run_dir)
     config = embedder.config
     if args.protocol:
-        config.eval.protocol = args.protocol
-        config.eval.validate()
+        config = replaced(config, {"eval.protocol": args.protocol})
     data = Path(args.data) if args.data else resolve_data(config.data).eval
     held = evaluate_shards(
         embedder.model, data, config.data, config.eval, embedder.device, seed=config.train.seed, progress=True

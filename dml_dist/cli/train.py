@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dml_dist.train.preflight import check_faiss
 
     check_faiss()  # before anything else: a plain install without faiss fails here, in one line
-    from dml_dist.config.loader import load_config
+    from dml_dist.config.loader import load_config, replaced
     from dml_dist.observability.logging import local_ray_env
     from dml_dist.train.launcher import run_training
     from dml_dist.train.run_directory import default_run_dir
@@ -107,8 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     storage = resolve_storage(args.storage, config)
     if storage is not None:
-        config.train.storage = str(storage)
-        place_data(config.data, storage)
+        config = replaced(config, {"train.storage": str(storage), "data": place_data(config.data, storage)})
     if args.run_dir is None and args.resume:
         raise ValueError("--resume: name the run to continue with --run-dir (each run gets a new default directory)")
     run_dir = resolve_run_dir(args.run_dir, Path(args.config).stem, storage)
@@ -168,7 +167,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     check_faiss()
     from dml_dist import storage as locations
-    from dml_dist.config.loader import load_config
+    from dml_dist.config.loader import load_config, replaced
     from dml_dist.train.storage import anchor_relative_paths, place_data, resolve_run_dir, resolve_storage
     from dml_dist.tune import METRIC, results_table, run_tune
 
@@ -178,9 +177,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if storage is not None and not locations.is_local(storage):
         raise ValueError(f"--storage: {storage}: dml-dist tune needs a directory every node mounts (URIs: train only)")
     if storage is not None:
-        config.train.storage = storage
-        place_data(config.data, storage)
-    anchor_relative_paths(config)
+        config = replaced(config, {"train.storage": storage, "data": place_data(config.data, storage)})
+    config = anchor_relative_paths(config)
     out = Path(resolve_run_dir(args.out, str(Path("tune") / Path(args.config).stem), storage))
     report = run_tune(config, args.space, args.trials, out, args.grace_steps, args.address)
     keys = list(report["best"]["params"])

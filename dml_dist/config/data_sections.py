@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from dml_dist.config.ranges import check_ranges
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProceduralDataConfig:
     """The built-in procedural glyph data set (used when no shards are given)."""
 
@@ -40,7 +40,7 @@ class ProceduralDataConfig:
         check_ranges(self, "data.procedural")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where training and evaluation images come from."""
 

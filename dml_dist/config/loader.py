@@ -3,7 +3,7 @@
 ``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``, applies ``--set a.b=c``
 overrides (values parsed as YAML scalars) and builds the typed dataclasses, which validate
 themselves as they are built (each section its own fields, ``ExperimentConfig`` the rules
-between sections). Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
+between sections). The sections are frozen: a later change is a validated copy (``replaced``). Every user error is a ``ValueError`` that names the field (``loss.alpha``) or the file.
 
 This is the one place a config is checked: ``train``, ``config show`` and ``submit`` all load
 through it, and ``config schema`` (``describe.py``) is built from the same types. So the loss's
@@ -71,6 +71,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def with_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     """A new config: ``config`` with ``a.b.c=value`` overrides applied as ``--set`` does, validated."""
     return from_dict(ExperimentConfig, apply_overrides(config_to_dict(config), overrides), prefix="")
+
+
+def replaced(config: T, changes: dict[str, Any]) -> T:
+    """A validated copy of ``config`` (or of one of its sections) with the dotted fields of
+    ``changes`` set (``{"model.init_from": None}``): configs are frozen, so every change after
+    loading is a copy, and each rebuilt section checks itself again as it is built."""
+    direct = {key: value for key, value in changes.items() if "." not in key}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            nested.setdefault(head, {})[rest] = value
+    for head, inner in nested.items():
+        direct[head] = replaced(getattr(config, head), inner)
+    return dataclasses.replace(config, **direct)  # type: ignore[type-var]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

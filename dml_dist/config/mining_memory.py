@@ -14,7 +14,7 @@ from dml_dist.config.ranges import check_ranges
 MINING_RULES = ("seed_neighbours", "greedy", "random", "partition")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MiningConfig:
     """The hard-negative-class mining service: which classes each batch holds (``mining/``).
 
@@ -93,7 +93,7 @@ class MiningConfig:
         check_ranges(self, "mining")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemoryConfig:
     """Cross-batch memory (XBM, Wang et al. CVPR 2020): the last M global embeddings as extra
     candidates without gradient (``dml_dist/losses/memory.py``). Off by default."""

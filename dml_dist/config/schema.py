@@ -24,7 +24,7 @@ from dml_dist.config.sections import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment, as written in ``configs/*.yaml``."""
 
@@ -42,15 +42,6 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         self._check_across_sections()
         refuse_credentials_in_config(self)  # a URI with a secret in it, in any field (config/credentials.py)
-
-    def validate(self) -> None:
-        """Check every section again and the rules between sections (after fields were set in
-        place); raise ``ValueError`` naming the field."""
-        for section in (self.data, self.batch, self.model, self.mining, self.engine, self.train, self.eval):
-            section.validate()
-        self.memory.validate()
-        self._check_across_sections()
-        refuse_credentials_in_config(self)
 
     def _check_across_sections(self) -> None:
         if self.model.norm == "batch" and self.batch.chunk_size > 0:

@@ -3,8 +3,9 @@ one dataclass per part of the system, a docstring line per field (``dml-dist con
 prints them; ``describe.py`` reads them from the source).
 
 Only plain data lives here (numbers, strings, lists); runtime objects (Ray handles, engines)
-are passed to build steps, never stored in config. Each section checks its own fields when it
-is built (``__post_init__``, and ``validate`` again after a field is set in place): the ranges
+are passed to build steps, never stored in config. The sections are frozen: a change after
+loading is a copy (``loader.replaced``). Each section checks its own fields when it is built
+(``__post_init__``, so a copy is checked again): the ranges
 of ``ranges.py``, the allowed choices, and rules between fields of the one section. Rules that
 involve two sections are in ``ExperimentConfig`` (``schema.py``). The data sections are in
 ``data_sections.py``, the mining and cross-batch memory sections in ``mining_memory.py``.
@@ -21,7 +22,7 @@ DEEPSPEED_OPTIMIZERS = ("adam", "adamw", "adagrad", "lamb", "lion")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchConfig:
     """The global batch: N classes x K images per class, split across all workers."""
 
@@ -41,7 +42,7 @@ class BatchConfig:
         check_ranges(self, "batch")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """The embedding network."""
 
@@ -108,7 +109,7 @@ class ModelConfig:
         check_ranges(self, "model")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """The loss, chosen by name; any other key is a hyperparameter of that loss."""
 
@@ -118,7 +119,7 @@ class LossConfig:
     """Hyperparameters passed to the loss constructor (YAML: keys beside ``name``)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     """The DeepSpeed engine: optimizer, ZeRO stage and precision."""
 
@@ -182,7 +183,7 @@ class EngineConfig:
         check_ranges(self, "engine")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """The training run."""
 
@@ -246,7 +247,7 @@ PROTOCOLS: dict[str, list[int]] = {
 """The K of Recall@K that each data set's papers report."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Retrieval evaluation on held-out classes (faiss)."""
 
@@ -284,7 +285,7 @@ class EvalConfig:
         check_ranges(self, "eval")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MetricsConfig:
     """Training metrics, exported through each node's Ray metrics agent (``observability/metrics.py``)."""
 

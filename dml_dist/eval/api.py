@@ -94,7 +94,7 @@ def load_embedder(run_dir: str | Path, device: str | torch.device | None = None)
     """The trained embedder of a run directory, in eval mode (on the GPU when there is one, unless
     ``device`` says otherwise)."""
     from dml_dist import run_files
-    from dml_dist.config.loader import load_config
+    from dml_dist.config.loader import load_config, replaced
     from dml_dist.models import build_model
 
     root = Path(run_dir)
@@ -104,8 +104,7 @@ def load_embedder(run_dir: str | Path, device: str | torch.device | None = None)
     config = load_config(config_path)
     state = run_files.load_embedder_state(root / run_files.EMBEDDER)
     # The trained weights replace the first ones, so the pretrained weights and init_from run are not read here.
-    config.model.pretrained = None
-    config.model.init_from = None
+    config = replaced(config, {"model.pretrained": None, "model.init_from": None})
     model = build_model(config.model, config.data)
     model.load_state_dict(state["model"])
     default = "cuda" if torch.cuda.is_available() else "cpu"

@@ -3,8 +3,8 @@
 Built by the mining service (``MiningService.next_classes``), marked as a fallback by the client
 when the service's classes are random or when no answer came in time (``mining/client.py``), by
 ``RandomClasses`` when mining is off, broadcast by rank 0 to every rank, and read by the loop
-(the step's classes, the stale classes to refresh, the figures of its metrics row) and by the
-Prometheus sink (``observability/metrics.py``). The service keeps its last answers in its state
+(the step's classes, the stale classes to refresh, and ``figures``: the ``MiningFigures`` of
+its metrics row, which every sink reads). The service keeps its last answers in its state
 file as plain dicts (``to_dict`` / ``from_dict``).
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from dml_dist.observability.step_metrics import MiningFigures
 
 DIAGNOSTICS = ("cluster_size", "epoch", "epoch_distinct_classes", "visit_gini", "cap_violation_share")
 """``MiningAnswer`` fields that describe how the batches are composed (``mining/diagnostics.py``)."""
@@ -66,6 +68,22 @@ class MiningAnswer:
         the keys that ``metrics.jsonl`` adds to a step's row."""
         values = {name: getattr(self, name) for name in DIAGNOSTICS}
         return {name: value for name, value in values.items() if value is not None}
+
+    def figures(self) -> MiningFigures:
+        """The figures of the step's metrics row (``observability/step_metrics.py``)."""
+        return MiningFigures(
+            mined=self.mined,
+            fallback=self.fallback,
+            rule=self.rule,
+            hard_share=self.hard_share,
+            selection_seconds=self.selection_seconds,
+            refresh_age_max=self.refresh_age_max,
+            refresh_age_mean=self.refresh_age_mean,
+            staleness_at_selection_mean=self.staleness_at_selection_mean,
+            staleness_at_selection_max=self.staleness_at_selection_max,
+            negative_similarity=self.negative_similarity,
+            diagnostics=self.diagnostics(),
+        )
 
     @property
     def fallback(self) -> bool:

@@ -43,43 +43,19 @@ Series (Prometheus names; labels ``run`` and ``rank``, never ``job``, which Prom
   ``ray_dml_dist_xbm_bytes``: the cross-batch memory's fill, the age of its rows, its size
   (only when ``memory.size`` > 0).
 
-A step's figures come as one ``StepMetrics`` (``observability/step_metrics.py``), the mining
-figures as the step's ``MiningAnswer`` (``mining/answer.py``), read through ``MiningFigures``.
+A step's figures, its mining figures and data skips included, come as one ``StepMetrics``
+(``observability/step_metrics.py``): the same row that ``metrics.jsonl`` and Ray's report read.
+An evaluation and a checkpoint without the mining service's state are events of their own.
 """
 
 from __future__ import annotations
 
 import resource
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from dml_dist.observability.step_metrics import StepMetrics
-
-
-class MiningFigures(Protocol):
-    """The fields of ``mining.answer.MiningAnswer`` that the mining series show (a protocol:
-    observability sits below mining)."""
-
-    @property
-    def fallback(self) -> bool: ...
-    @property
-    def refresh_age_max(self) -> float | None: ...
-    @property
-    def refresh_age_mean(self) -> float | None: ...
-    @property
-    def selection_seconds(self) -> float | None: ...
-    @property
-    def staleness_at_selection_mean(self) -> float | None: ...
-    @property
-    def staleness_at_selection_max(self) -> float | None: ...
-    @property
-    def rule(self) -> str | None: ...
-    @property
-    def hard_share(self) -> float | None: ...
-    @property
-    def negative_similarity(self) -> float | None: ...
-
+from dml_dist.observability.step_metrics import MiningFigures, StepMetrics
 
 STEP_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
@@ -90,13 +66,7 @@ class NullMetrics:
     def observe_step(self, row: StepMetrics) -> None:
         pass
 
-    def observe_mining(self, answer: MiningFigures) -> None:
-        pass
-
     def observe_eval(self, recall: dict[int, float]) -> None:
-        pass
-
-    def observe_data_skips(self, count: int) -> None:
         pass
 
     def observe_mining_skipped_saves(self, count: int) -> None:
@@ -182,8 +152,11 @@ class RayMetrics(NullMetrics):
             self._memory_age.set(row.memory["memory_age_mean_steps"], tags={**tags, "stat": "mean"})
             self._memory_age.set(row.memory["memory_age_max_steps"], tags={**tags, "stat": "max"})
             self._memory_bytes.set(row.memory.get("memory_bytes", 0.0), tags=tags)
+        if row.data_skipped_samples > 0:
+            self._data_skips.inc(row.data_skipped_samples, tags=tags)
+        self._observe_mining(row.mining)
 
-    def observe_mining(self, answer: MiningFigures) -> None:
+    def _observe_mining(self, answer: MiningFigures) -> None:
         tags = self._tags
         if answer.fallback:
             self._fallbacks.inc(1, tags=tags)
@@ -203,10 +176,6 @@ class RayMetrics(NullMetrics):
     def observe_eval(self, recall: dict[int, float]) -> None:
         for k, value in recall.items():
             self._recall.set(value, tags={**self._tags, "k": str(k)})
-
-    def observe_data_skips(self, count: int) -> None:
-        if count > 0:
-            self._data_skips.inc(count, tags=self._tags)
 
     def observe_mining_skipped_saves(self, count: int) -> None:
         if count > 0:

@@ -107,7 +107,7 @@ def run_training(
     num_train_classes = _usable_classes(config, paths.train)
     check_batch_fits(config, num_train_classes)
     check_weights(config)  # before Ray starts: one clear line, not a worker traceback
-    anchor_relative_paths(config)  # after the checks (errors name the paths as given): workers run elsewhere
+    config = anchor_relative_paths(config)  # after the checks (errors name the paths as given): workers run elsewhere
     run_uri = str(run_dir)
     # The run directory is claimed first, before Ray starts: a second run into it fails at once.
     lease = run_lease.Lease(storage.absolute(run_dir))

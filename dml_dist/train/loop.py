@@ -14,7 +14,8 @@ One step (``train_step``) reads top to bottom:
    (``train/step.py``; the gradient rule is in ``distributed/collectives.py``).
 3. ``feedback``: rank 0 publishes the batch's class embeddings to the mining service; every rank
    re-embeds the stale classes the answer names (``train/refresh.py``).
-The step's figures are one ``StepMetrics`` row, observed by the Prometheus sink every step.
+The step's figures are one ``StepMetrics`` row that ``log`` hands to every sink: Prometheus every
+step, ``metrics.jsonl`` at log steps; Ray's report reads the same row.
 
 ``run`` drives the steps: at log steps rank 0 logs the row, every ``eval_every`` steps it
 evaluates (``train/evaluation.py``), and at evaluation and checkpoint steps and the last step
@@ -137,9 +138,7 @@ class Trainer:
             row = self.train_step(step, should_log)
             self.state.step = done
             stop = self._nonfinite_stop(step, row)
-            if self.rank == 0 and (should_log or stop is not None):
-                elapsed = time.perf_counter() - run_started
-                reporting.log_step(self.run_dir, row, steps, elapsed, self.config.mining.enabled, self.start_step)
+            self.log(row, should_log or stop is not None, time.perf_counter() - run_started)
             if stop is not None:
                 # Not an exception: Ray Train would retry it like a crash, and diverge again.
                 self.report(row, with_checkpoint=True, stopped=stop)
@@ -196,22 +195,25 @@ class Trainer:
             step_seconds=step_seconds,
             data_seconds=data_seconds,
             phase_seconds=dict(result.seconds),
-            mined=answer.mined,
+            mining=answer.figures(),
             fallbacks=self.classes.fallbacks,
             mining_skipped_saves=self.classes.skipped_saves,
-            refresh_age_max=answer.refresh_age_max,
-            negative_similarity=answer.negative_similarity,
+            data_skipped_samples=self._new_data_skips(),
             violation_rate=violation,
             probe_violation_rate=probe,
-            staleness_at_selection_mean=answer.staleness_at_selection_mean,
-            hard_share=answer.hard_share,
-            mining_diagnostics=answer.diagnostics(),
             memory=self.memory.stats(step + 1),
             lr=lr,
             workers=self.world_size,
         )
-        self.metrics.observe_step(row)
         return row
+
+    def log(self, row: StepMetrics, should_log: bool, elapsed_seconds: float) -> None:
+        """The step's one row to its sinks: Prometheus every step (every rank), ``metrics.jsonl``
+        and the progress line at log steps (rank 0); Ray's report reads the same row (``report``)."""
+        self.metrics.observe_step(row)
+        if self.rank == 0 and should_log:
+            steps, mining = self.config.train.steps, self.config.mining.enabled
+            reporting.log_step(self.run_dir, row, steps, elapsed_seconds, mining, self.start_step)
 
     def next_batch(self, step: int) -> tuple[MiningAnswer, torch.Tensor, torch.Tensor]:
         """The step's ``MiningAnswer`` and this rank's images [B, C, H, W] and labels [B].
@@ -228,14 +230,16 @@ class Trainer:
             if step + 1 < self.config.train.steps:
                 upcoming = self.classes.peek(step + 1)
         answer, upcoming = collectives.broadcast_object((answer, upcoming) if self.rank == 0 else None)
-        self.metrics.observe_mining(answer)
         images, labels = self.loader.load(step, answer.classes)
         if upcoming is not None:
             self.loader.prefetch(step + 1, upcoming)
-        skipped = self.loader.skipped_samples
-        self.metrics.observe_data_skips(skipped - self.skips_reported)
-        self.skips_reported = skipped
         return answer, images, labels
+
+    def _new_data_skips(self) -> int:
+        """Samples the loader skipped as bad data since the last call."""
+        skipped = self.loader.skipped_samples
+        new, self.skips_reported = skipped - self.skips_reported, skipped
+        return new
 
     def optimise(self, step: int, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """The DeepSpeed step on the global batch (``train/step.py``); a finite step also writes

@@ -47,7 +47,7 @@ def log_step(
     run_files.append_jsonl(run_dir / run_files.METRICS, row.to_json())
     line = format_step_line(
         row.step, steps, row.loss, row.samples_per_second, row.step_seconds, elapsed_seconds,
-        row.mined if mining else None, start_step=start_step, lr=row.lr, workers=row.workers,
+        row.mining.mined if mining else None, start_step=start_step, lr=row.lr, workers=row.workers,
     )  # fmt: skip
     print(line, flush=True)
 

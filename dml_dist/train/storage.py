@@ -32,6 +32,7 @@ from typing import Any
 from dml_dist import storage as locations
 from dml_dist.config import DataConfig, ExperimentConfig
 from dml_dist.config.credentials import refuse_credentials
+from dml_dist.config.loader import replaced
 
 STORAGE_ENV = "DML_DIST_STORAGE"
 PROBE_TIMEOUT_S = 120.0
@@ -68,17 +69,19 @@ def resolve_run_dir(run_dir: str | None, config_name: str, storage: str | None) 
     return chosen.absolute()
 
 
-def place_data(data: DataConfig, storage: str | None) -> None:
+def place_data(data: DataConfig, storage: str | None) -> DataConfig:
     """Generated data goes to ``STORAGE/data`` when the cache directory is left at its default.
 
     With a URI storage the data is generated on the driver's disk; the launcher uploads it.
     """
     if storage is not None and locations.is_local(storage) and data.cache_dir == DataConfig().cache_dir:
-        data.cache_dir = str(Path(storage) / "data")
+        return replaced(data, {"cache_dir": str(Path(storage) / "data")})
+    return data
 
 
-def anchor_relative_paths(config: ExperimentConfig) -> None:
-    """Relative local paths of the config's data and weights, made absolute as this process sees them.
+def anchor_relative_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """A copy of ``config`` whose relative local paths of data and weights are made absolute as
+    this process sees them.
 
     Ray Train's workers run in the session's artifact directory and ``dml-dist tune``'s trials in
     their own, where ``data/cache/symbols/train`` or ``model.init_from: runs/pretrain`` would name
@@ -90,12 +93,16 @@ def anchor_relative_paths(config: ExperimentConfig) -> None:
         local = locations.local_path(value) if value else None
         return value if local is None or local.is_absolute() else str(local.expanduser().absolute())
 
-    data = config.data
-    data.train_shards, data.eval_shards = absolute(data.train_shards), absolute(data.eval_shards)
-    data.cache_dir = absolute(data.cache_dir) or data.cache_dir
-    if isinstance(config.model.pretrained, str) and not config.model.pretrained.startswith("hf-hub:"):
-        config.model.pretrained = absolute(config.model.pretrained)
-    config.model.init_from = absolute(config.model.init_from)
+    data, model = config.data, config.model
+    changes: dict[str, Any] = {
+        "data.train_shards": absolute(data.train_shards),
+        "data.eval_shards": absolute(data.eval_shards),
+        "data.cache_dir": absolute(data.cache_dir) or data.cache_dir,
+        "model.init_from": absolute(model.init_from),
+    }
+    if isinstance(model.pretrained, str) and not model.pretrained.startswith("hf-hub:"):
+        changes["model.pretrained"] = absolute(model.pretrained)
+    return replaced(config, changes)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dml_dist.bench.peers.plain_loop import (
     steady_samples_per_second,
 )
 from dml_dist.bench.peers.table import format_table, summarize
-from dml_dist.config.loader import load_config
+from dml_dist.config.loader import load_config, replaced
 from dml_dist.config.schema import ExperimentConfig
 
 QUICK_STEPS = 6
@@ -78,12 +78,12 @@ def resolve_paths(
     if data == "omniglot":
         return prepare_omniglot(require_omniglot(omniglot, "bench peers --data omniglot"), cache)
     if data == "procedural":
-        config.data.train_shards = config.data.eval_shards = None
+        shards: tuple[str | None, str | None] = (None, None)
     else:
         if eval_data is None:
             raise ValueError("--eval-data: a shard directory of held-out classes is needed with --data DIR")
-        config.data.train_shards, config.data.eval_shards = data, eval_data
-    resolved = resolve_data(config.data)
+        shards = (data, eval_data)
+    resolved = resolve_data(replaced(config.data, {"train_shards": shards[0], "eval_shards": shards[1]}))
     if not isinstance(resolved.train, Path):
         raise ValueError("bench peers: the training shards must be a local shard directory (indexed mode)")
     return resolved.train, resolved.eval

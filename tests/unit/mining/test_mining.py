@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dml_dist.config import ExperimentConfig, MiningConfig
+from dml_dist.config.loader import replaced
 from dml_dist.mining.bank import ClassBank
 from dml_dist.mining.graph import build_knn_graph
 from dml_dist.mining.hardness import nearest_negative_similarity, violation_rate
@@ -323,10 +324,8 @@ def test_resumed_service_answers_as_the_uninterrupted_one(tmp_path, search: str,
 
 
 def test_mining_config_validation() -> None:
-    config = ExperimentConfig()
-    config.mining.num_neighbours = 0
     with pytest.raises(ValueError, match="mining.num_neighbours"):
-        config.validate()
+        replaced(ExperimentConfig(), {"mining.num_neighbours": 0})
 
 
 # ----------------------------------------------------------------------------- refresh pass
