@@ -13,9 +13,10 @@ and says where credentials go: the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECR
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import BaseModel
 
 from dml_dist import storage
 
@@ -59,7 +60,7 @@ def refuse_credentials(value: str | None, what: str) -> None:
 
 
 def refuse_credentials_in_config(config: Any) -> None:
-    """``refuse_credentials`` on every string of a config (dataclasses, dicts and lists, any depth),
+    """``refuse_credentials`` on every string of a config (sections, dicts and lists, any depth),
     naming the field (``train.storage``, ``loss.params.x``)."""
     for path, value in _strings(config, ""):
         refuse_credentials(value, path)
@@ -68,8 +69,8 @@ def refuse_credentials_in_config(config: Any) -> None:
 def _strings(node: Any, path: str) -> list[tuple[str, str]]:
     if isinstance(node, str):
         return [(path, node)]
-    if dataclasses.is_dataclass(node) and not isinstance(node, type):
-        items = [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    if isinstance(node, BaseModel):
+        items = [(name, getattr(node, name)) for name in type(node).model_fields]
     elif isinstance(node, dict):
         items = [(str(k), v) for k, v in node.items()]
     elif isinstance(node, (list, tuple)):

@@ -1,34 +1,33 @@
 """What a config holds: each field's one-line doc, the resolved config as YAML, its JSON Schema.
 
-The docs are the attribute docstrings of the section dataclasses (``sections.py``,
-``data_sections.py``, ``mining_memory.py``: the string literal under each field), read from
-their source with ``ast``, so there is one place to write them.
+The docs are the attribute docstrings of the sections (``sections.py``, ``data_sections.py``,
+``mining_memory.py``: the string literal under each field), which pydantic keeps as each field's
+description, so there is one place to write them.
 
 ``show_config`` is ``dml-dist config show``: every section and field, set or default, each under
 a comment with its doc; the loss section lists the loss's unset hyperparameters as commented
 defaults. Loading the output gives back the same config.
 
-``json_schema`` is ``dml-dist config schema``: JSON Schema (draft 2020-12) with each field's
-type, default, doc and range (``ranges.py``), unknown keys rejected as the loader does. Point an
-editor's YAML support at it (``# yaml-language-server: $schema=dml-dist.schema.json``).
+``json_schema`` is ``dml-dist config schema``: pydantic's JSON Schema (draft 2020-12) of
+``ExperimentConfig``, with each field's type, default, doc and range and unknown keys rejected,
+written for editors: sections inline, numbers also as the strings the loader reads (``1e-4``),
+and the loss section as the YAML writes it (its hyperparameters beside ``name``, by loss).
+Point an editor's YAML support at it (``# yaml-language-server: $schema=dml-dist.schema.json``).
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import functools
 import inspect
-import textwrap
-import types
 import typing
-from typing import Any, Union
+from typing import Any
 
 import yaml
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
-from dml_dist.config.ranges import RANGES
+from dml_dist.config.fields import config_type
+from dml_dist.config.loss_section import LossConfig
 from dml_dist.config.schema import ExperimentConfig
-from dml_dist.config.sections import LossConfig
 
 _FLOAT_TEXT = r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"
 """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; the loader accepts it as a number."""
@@ -41,22 +40,9 @@ def one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
+def field_docs(cls: type[BaseModel]) -> dict[str, str]:
     """Field name -> its attribute docstring, on one line."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = typing.cast(ast.ClassDef, tree.body[0]).body
-    docs: dict[str, str] = {}
-    for node, after in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = one_line(after.value.value)
-    return docs
+    return {name: one_line(f.description) for name, f in cls.model_fields.items() if f.description}
 
 
 # ----------------------------------------------------------------------------- config show
@@ -66,30 +52,30 @@ def show_config(config: ExperimentConfig, source: str = "defaults") -> str:
         f"# dml-dist config: {source}, resolved (every field, set or default, with its doc).",
         "# Save it and edit it: `dml-dist train FILE.yaml` loads it back unchanged.",
     ]
-    for section in dataclasses.fields(ExperimentConfig):
-        value = getattr(config, section.name)
+    for name in ExperimentConfig.model_fields:
+        value = getattr(config, name)
         lines.append("")
         lines.append(f"# {one_line(type(value).__doc__)}")
         if isinstance(value, LossConfig):
             lines += _loss_lines(value)
         else:
-            lines += _section_lines(section.name, value, indent=0)
+            lines += _section_lines(name, value, indent=0)
     return "\n".join(lines) + "\n"
 
 
-def _section_lines(name: str, obj: Any, indent: int) -> list[str]:
+def _section_lines(name: str, obj: BaseModel, indent: int) -> list[str]:
     pad = " " * (indent + 2)
     lines = [f"{' ' * indent}{name}:"]
-    docs = field_docs(typing.cast(type, type(obj)))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        doc = docs.get(f.name) or (one_line(type(value).__doc__) if dataclasses.is_dataclass(value) else "")
+    docs = field_docs(type(obj))
+    for field in type(obj).model_fields:
+        value = getattr(obj, field)
+        doc = docs.get(field) or (one_line(type(value).__doc__) if isinstance(value, BaseModel) else "")
         if doc:
             lines.append(f"{pad}# {doc}")
-        if dataclasses.is_dataclass(value):
-            lines += _section_lines(f.name, value, indent + 2)
+        if isinstance(value, BaseModel):
+            lines += _section_lines(field, value, indent + 2)
         else:
-            lines.append(pad + _yaml_item(f.name, value))
+            lines.append(pad + _yaml_item(field, value))
     return lines
 
 
@@ -121,47 +107,68 @@ def _yaml_item(key: str, value: Any) -> str:
 # ----------------------------------------------------------------------------- config schema
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of an experiment config file."""
-    schema = _object_schema(ExperimentConfig, prefix="")
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "dml-dist experiment config",
-        **schema,
-    }
+    schema = ExperimentConfig.model_json_schema(schema_generator=_WithFactoryDefaults)
+    definitions = schema.pop("$defs", {})
+    schema = _for_editors(schema, definitions)
+    schema["properties"]["loss"] = _loss_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "dml-dist experiment config", **schema}
 
 
-def _object_schema(cls: type, prefix: str) -> dict[str, Any]:
-    if cls is LossConfig:
-        return _loss_schema()
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    instance = cls()
-    properties: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        dotted = f"{prefix}{f.name}"
-        prop = _type_schema(hints[f.name], dotted)
-        default = getattr(instance, f.name)
-        if not dataclasses.is_dataclass(default):
-            prop["default"] = default
-        if docs.get(f.name):
-            prop["description"] = docs[f.name]
-        properties[f.name] = prop
-    return {
-        "type": "object",
-        "description": one_line(cls.__doc__),
-        "properties": properties,
-        "additionalProperties": False,
-    }
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Lists' and mappings' defaults too (pydantic leaves out a ``default_factory``'s); a section's
+    default is its fields' defaults."""
+
+    def get_default_value(self, schema: Any) -> Any:  # pydantic_core's WithDefaultSchema
+        factory = schema.get("default_factory")
+        if factory is None or schema.get("default_factory_takes_data"):
+            return super().get_default_value(schema)
+        value = factory()
+        return NoDefault if isinstance(value, BaseModel) else value
+
+
+_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _for_editors(node: Any, definitions: dict[str, Any]) -> Any:
+    """``node`` with sections inline (no ``$ref``), docs on one line, no titles, and a number
+    also accepted as the string YAML 1.1 reads it as (``1e-4``; an integer ``1e3``)."""
+    if isinstance(node, list):
+        return [_for_editors(item, definitions) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return _for_editors(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: _for_editors(prop, definitions) for name, prop in value.items()}
+        elif key == "description":
+            out[key] = one_line(value)
+        elif key in ("default", "const", "enum"):
+            out[key] = value
+        elif key != "title":
+            out[key] = _for_editors(value, definitions)
+    if out.get("type") in ("integer", "number"):
+        typed = {key: out.pop(key) for key in ("type", *_BOUND_KEYS) if key in out}
+        if typed["type"] == "number":
+            return {"anyOf": [typed, {"type": "string", "pattern": _FLOAT_TEXT}], **out}
+        # ``1e3`` as a string (YAML 1.1) only where every value of the pattern (>= 10) is in range.
+        if "maximum" not in typed and "exclusiveMaximum" not in typed and typed.get("minimum", 0) <= 10:
+            return {"anyOf": [typed, {"type": "string", "pattern": _INTEGER_TEXT}], **out}
+        return {**typed, **out}
+    return out
 
 
 def _loss_schema() -> dict[str, Any]:
     """``loss: {name: ..., <hyperparameter>: ...}``, or just ``loss: NAME``: one branch per loss,
     its hyperparameters from its constructor's signature (type by annotation, default), others
-    rejected as the loader rejects them (``loader._loss_params``)."""
+    rejected as the loader rejects them (``LossConfig``)."""
     from dml_dist.losses import LOSSES
 
     docs = field_docs(LossConfig)
-    name = {"type": "string", "enum": sorted(LOSSES), "default": LossConfig.name, "description": docs["name"]}
-    branches = [_one_loss_schema(loss, loss == LossConfig.name) for loss in sorted(LOSSES)]
+    default = LossConfig.model_fields["name"].default
+    name = {"type": "string", "enum": sorted(LOSSES), "default": default, "description": docs["name"]}
+    branches = [_one_loss_schema(loss, loss == default) for loss in sorted(LOSSES)]
     return {"description": one_line(LossConfig.__doc__), "anyOf": [*branches, name]}
 
 
@@ -176,7 +183,7 @@ def _one_loss_schema(loss: str, is_default: bool) -> dict[str, Any]:
     for p in inspect.signature(cls.__init__).parameters.values():
         if p.name == "self":
             continue
-        prop = _type_schema(hints[p.name], f"loss.{p.name}") if p.name in hints else {}
+        prop = _for_editors(TypeAdapter(config_type(hints[p.name])).json_schema(), {}) if p.name in hints else {}
         if p.default is not inspect.Parameter.empty:
             prop["default"] = p.default
         params[p.name] = prop
@@ -188,30 +195,3 @@ def _one_loss_schema(loss: str, is_default: bool) -> dict[str, Any]:
         "required": [] if is_default else ["name"],
         "additionalProperties": False,
     }
-
-
-def _type_schema(hint: Any, dotted: str) -> dict[str, Any]:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return {"anyOf": [*(_type_schema(a, dotted) for a in inner), {"type": "null"}]}
-    if dataclasses.is_dataclass(hint):
-        return _object_schema(typing.cast(type, hint), prefix=f"{dotted}.")
-    bound = RANGES[dotted].json_schema() if dotted in RANGES else {}
-    if origin is list:
-        return {"type": "array", "items": {**_type_schema(args[0], f"{dotted}[]"), **bound}}
-    if origin is dict:
-        return {"type": "object"}
-    if hint is bool:
-        return {"type": "boolean"}
-    if hint is int:
-        # ``1e3`` as a string (YAML 1.1) only where every value of the pattern (>= 10) is in range.
-        if bound.get("maximum") is None and bound.get("exclusiveMaximum") is None and bound.get("minimum", 0) <= 10:
-            return {"anyOf": [{"type": "integer", **bound}, {"type": "string", "pattern": _INTEGER_TEXT}]}
-        return {"type": "integer", **bound}
-    if hint is float:
-        return {"anyOf": [{"type": "number", **bound}, {"type": "string", "pattern": _FLOAT_TEXT}]}
-    if hint is str:
-        return {"type": "string"}
-    return {}

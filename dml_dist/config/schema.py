@@ -1,49 +1,46 @@
 """The whole experiment config, ``ExperimentConfig``: its sections and the rules between them.
 
 A section checks its own fields when it is built (``sections.py``, ``data_sections.py``,
-``mining_memory.py``); this module holds only the rules that involve two sections, checked when
-an ``ExperimentConfig`` is built (``load_config`` builds one from YAML). Checks that need the
+``mining_memory.py``); this module holds only the rules that involve two sections, checked (by a
+section validator, after every section is valid) when an ``ExperimentConfig`` is built (``load_config`` builds one from YAML). Checks that need the
 data set (N against the number of training classes) run where the data set is opened.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pydantic import Field, model_validator
 
 from dml_dist.config.credentials import refuse_credentials_in_config
 from dml_dist.config.data_sections import DataConfig
+from dml_dist.config.fields import Section
+from dml_dist.config.loss_section import LossConfig
 from dml_dist.config.mining_memory import MemoryConfig, MiningConfig
 from dml_dist.config.sections import (
     BatchConfig,
     EngineConfig,
     EvalConfig,
-    LossConfig,
     MetricsConfig,
     ModelConfig,
     TrainConfig,
 )
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Section):
     """A whole experiment, as written in ``configs/*.yaml``."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
-    def __post_init__(self) -> None:
-        self._check_across_sections()
-        refuse_credentials_in_config(self)  # a URI with a secret in it, in any field (config/credentials.py)
-
-    def _check_across_sections(self) -> None:
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> ExperimentConfig:
         if self.model.norm == "batch" and self.batch.chunk_size > 0:
             raise ValueError(
                 "model.norm: batch normalization over the global batch needs the whole batch in one forward; "
@@ -76,6 +73,8 @@ class ExperimentConfig:
                 "cannot choose them; set mining.enabled: false (or data.mode: indexed)"
             )
         self._check_memory()
+        refuse_credentials_in_config(self)  # a URI with a secret in it, in any field (config/credentials.py)
+        return self
 
     def _check_memory(self) -> None:
         """Memory holds at least one global batch, and the loss takes memory."""

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from dml_dist import storage
@@ -151,7 +151,7 @@ def _is_stream_spec(spec: str) -> bool:
 
 def procedural_root(config: ProceduralDataConfig, cache_dir: Path) -> Path:
     """Cache directory named by a hash of the generator's parameters."""
-    fingerprint = json.dumps({"version": _GENERATOR_VERSION, **asdict(config)}, sort_keys=True)
+    fingerprint = json.dumps({"version": _GENERATOR_VERSION, **config.model_dump()}, sort_keys=True)
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
     return cache_dir / f"procedural-{digest}"
 
@@ -170,7 +170,7 @@ def ensure_procedural(config: ProceduralDataConfig, cache_dir: Path, samples_per
                 list(procedural_samples(config, class_ids)),
                 root / split,
                 samples_per_shard,
-                source={"format": "procedural", "split": split, **asdict(config)},
+                source={"format": "procedural", "split": split, **config.model_dump()},
                 progress=bar.update,
             )
     return root

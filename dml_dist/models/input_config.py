@@ -11,11 +11,11 @@ returned unchanged. The model is built on the ``meta`` device: no memory, no wei
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
+from dml_dist.config.loader import replaced
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.models.timm_backbone import TIMM_PREFIX, create_timm_model
 
@@ -44,11 +44,13 @@ def resolve_input(config: ExperimentConfig) -> ExperimentConfig:
     img_size = model.backbone_args.get("img_size")
     side = img_size if isinstance(img_size, int) else int(timm_config["input_size"][-1])
     interpolation = timm_config.get("interpolation")
-    resolved = dataclasses.replace(
-        data,
-        image_size=data.image_size if data.image_size is not None else side,
-        mean=data.mean if data.mean is not None else per_channel(timm_config["mean"], model.in_channels),
-        std=data.std if data.std is not None else per_channel(timm_config["std"], model.in_channels),
-        interpolation=data.interpolation or (interpolation if interpolation in ("bilinear", "bicubic") else None),
+    return replaced(
+        config,
+        {
+            "data.image_size": data.image_size if data.image_size is not None else side,
+            "data.mean": data.mean if data.mean is not None else per_channel(timm_config["mean"], model.in_channels),
+            "data.std": data.std if data.std is not None else per_channel(timm_config["std"], model.in_channels),
+            "data.interpolation": data.interpolation
+            or (interpolation if interpolation in ("bilinear", "bicubic") else None),
+        },
     )
-    return dataclasses.replace(config, data=resolved)

@@ -15,7 +15,6 @@ driver's node with a warm hub cache.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from dml_dist import run_files, storage
 from dml_dist.config import ModelConfig
+from dml_dist.config.loader import replaced
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.losses import build_loss
 from dml_dist.models import build_model
@@ -56,7 +56,7 @@ def localize_weights(model: ModelConfig) -> ModelConfig:
     if init_from is not None and not storage.is_local(init_from):
         embedder = _local_copy(str(storage.join(init_from, run_files.EMBEDDER)), "model.init_from")
         init_from = str(embedder.parent)
-    return dataclasses.replace(model, pretrained=pretrained, init_from=init_from)
+    return replaced(model, {"pretrained": pretrained, "init_from": init_from})
 
 
 def build_trained(config: ExperimentConfig, use_gpu: bool) -> EmbedderWithLoss:

@@ -15,7 +15,6 @@ no checkpoint is handed back, and the node is ``"local"``, since asking Ray woul
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dml_dist.config.loader import replaced
 from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.loader import build_loader
 from dml_dist.data.stream_loader import StreamingClassLoader
@@ -80,7 +80,7 @@ def build_parts(plan: WorkerPlan, in_ray_train: bool = True) -> WorkerParts:
         num_classes=config.batch.num_classes,
     )
     local_batch = config.batch.num_classes // world_size * config.batch.images_per_class
-    engine_config = dataclasses.replace(config.engine, lr=config.engine.scaled_lr(config.batch.num_classes))
+    engine_config = replaced(config.engine, {"lr": config.engine.scaled_lr(config.batch.num_classes)})
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     trained = build_trained(config, use_gpu)  # embedder with its first weights, and loss
     engine = build_engine(trained, engine_config, local_batch, use_gpu, local_rank, total_steps=config.train.steps)

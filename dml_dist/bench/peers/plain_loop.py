@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dml_dist.bench.peers.models import PeerLoss, build_backbone
+from dml_dist.config.loader import replaced
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.eval.retrieval import RetrievalReport
 
@@ -118,7 +119,7 @@ def run_peer_row(
     def evaluate_after(budget: int) -> Callable[[], None]:
         return lambda: reports.__setitem__(budget, evaluate(model, config, paths[1]))
 
-    peer = replace(config, train=replace(config.train, steps=max(budgets)))
+    peer = replaced(config, {"train.steps": max(budgets)})
     rate = train_plain(
         peer, paths[0], model, loss_fn, miner, optimizer, threads, {b: evaluate_after(b) for b in budgets}
     )

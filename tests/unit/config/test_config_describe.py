@@ -3,7 +3,6 @@ shipped configs by name, and the command line's conventions (--version, defaults
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from pathlib import Path
@@ -11,57 +10,66 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from dml_dist.cli import main
 from dml_dist.config import ExperimentConfig, load_config
+from dml_dist.config.fields import field_bounds
 from dml_dist.config.loader import BUNDLED_CONFIGS, bundled_config_names
-from dml_dist.config.ranges import RANGES, Range
 from tests.conftest import REPO
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
-def numeric_fields(cls: type, prefix: str = "") -> list[str]:
-    """Dotted names of every int, float and list-of-number field of the schema."""
-    names = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        hint = hints[f.name]
+def numeric_fields(cls: type[BaseModel], prefix: str = "") -> dict[str, FieldInfo]:
+    """Dotted name -> field, for every int, float and list-of-number field of the schema."""
+    names = {}
+    for name, f in cls.model_fields.items():
+        hint = f.annotation
         inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
         kind = inner[0] if typing.get_origin(hint) is not list else typing.get_args(hint)[0]
-        if dataclasses.is_dataclass(kind):
-            names += numeric_fields(typing.cast(type, kind), f"{prefix}{f.name}.")
+        kind = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            names.update(numeric_fields(kind, f"{prefix}{name}."))
         elif kind in (int, float):
-            names.append(f"{prefix}{f.name}")
+            names[f"{prefix}{name}"] = f
     return names
 
 
+def bounds(f: FieldInfo) -> dict[str, float]:
+    """The field's constraints, or the minimum it states in the schema (a bound that a rule checks)."""
+    extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+    return field_bounds(f) or ({"ge": typing.cast(float, extra["minimum"])} if "minimum" in extra else {})
+
+
+BOUNDED = {name: bounds(f) for name, f in numeric_fields(ExperimentConfig).items()}
+
+
 def test_every_numeric_field_has_a_range() -> None:
-    missing = [name for name in numeric_fields(ExperimentConfig) if name not in RANGES]
-    assert not missing, f"add these fields to RANGES in dml_dist/config/ranges.py: {missing}"
-    unknown = [name for name in RANGES if name not in numeric_fields(ExperimentConfig)]
-    assert not unknown, f"RANGES names fields the schema does not have: {unknown}"
+    missing = [name for name, bound in BOUNDED.items() if not bound]
+    assert not missing, f"give these fields a range (Field(ge=...), ...): {missing}"
 
 
-def _outside(bound: Range, is_int: bool) -> float:
-    if bound.low is not None:
-        return bound.low - 1 if is_int or not bound.low_open else bound.low
-    assert bound.high is not None
-    return bound.high + 1
+def _outside(bound: dict[str, float], is_int: bool) -> float:
+    low = bound.get("ge", bound.get("gt"))
+    if low is not None:
+        return low - 1 if is_int or "gt" not in bound else low
+    return bound.get("le", bound["lt"]) + 1
 
 
 # A field whose lower bound is implied by a check of another field names that field instead.
 _NAMED_BY = {"data.procedural.num_classes": "data.procedural.num_test_classes"}
 
 
-@pytest.mark.parametrize("name", sorted(RANGES))
+@pytest.mark.parametrize("name", sorted(BOUNDED))
 def test_a_value_out_of_range_fails_at_load_naming_the_field(name: str) -> None:
     default = ExperimentConfig()
     value = default
     for part in name.split("."):
         value = getattr(value, part)
     is_int = isinstance(value, int) or (isinstance(value, list) and isinstance(value[0], int)) or value is None
-    bad = _outside(RANGES[name], is_int)
+    bad = _outside(BOUNDED[name], is_int)
     bad_value = int(bad) if is_int else bad
     text = json.dumps([bad_value] if isinstance(value, list) else bad_value)
     with pytest.raises(ValueError) as err:

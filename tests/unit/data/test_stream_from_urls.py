@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dml_dist.config import DataConfig, load_config
+from dml_dist.config.loader import replaced
 from dml_dist.data.datasets import procedural_root, resolve_data
 from dml_dist.data.loader import build_loader
 from dml_dist.train.launcher import _usable_classes
@@ -34,6 +34,6 @@ def test_a_url_pattern_streams_into_the_loader(small_data: DataConfig) -> None:
 
 
 def test_a_url_needs_streaming_mode(small_data: DataConfig) -> None:
-    data = replace(small_data, train_shards="s3://bucket/x/shard-{000000..000001}.tar")
+    data = replaced(small_data, {"train_shards": "s3://bucket/x/shard-{000000..000001}.tar"})
     with pytest.raises(ValueError, match="data.train_shards: .* only data.mode=streaming reads"):
         resolve_data(data)
