@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from dml_dist.config.fields import Float, Int, Section, Str, choice, integer
+from dml_dist.config.fields import Float, Int, Section, Str, integer, one_of
 
 
 class ProceduralDataConfig(Section):
@@ -67,15 +67,15 @@ class DataConfig(Section):
     config, else bilinear."""
     channels: Int = Field(1, ge=1, le=3)
     """1 = grayscale, 3 = RGB (natural images); must equal ``model.in_channels``."""
-    augment: Str = "none"
+    augment: Annotated[Str, one_of("none", "flip_crop", "affine")] = "none"
     """Training augmentation: ``none``, ``flip_crop`` (random resized crop + horizontal flip, for
     photos) or ``affine`` (random rotation, scale, shear and shift, for drawings and handwriting)."""
     loader_workers: Int = Field(0, ge=0)
     """DataLoader worker processes that decode and augment; 0 = decode in the training process."""
-    mode: Str = "indexed"
+    mode: Annotated[Str, one_of("indexed", "streaming")] = "indexed"
     """``indexed``: read the step's classes by the class index (mining works); ``streaming``: read
     shards front to back into per-class buffers and train on the classes that fill first."""
-    min_images_policy: Str = "replace"
+    min_images_policy: Annotated[Str, one_of("replace", "exclude")] = "replace"
     """A class with fewer than K images: ``replace`` (sample with replacement) or ``exclude``."""
     stream_buffer_samples: Int = Field(20000, gt=0)
     """Streaming mode: most images held in the per-class buffers of one worker."""
@@ -105,21 +105,6 @@ class DataConfig(Section):
         if interpolation not in (None, "bilinear", "bicubic"):
             raise ValueError(f"expected bilinear, bicubic or null, got {interpolation!r}")
         return interpolation
-
-    @field_validator("augment")
-    @classmethod
-    def _augment(cls, augment: str) -> str:
-        return choice(augment, ("none", "flip_crop", "affine"), "none, flip_crop or affine")
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, mode: str) -> str:
-        return choice(mode, ("indexed", "streaming"), "indexed or streaming")
-
-    @field_validator("min_images_policy")
-    @classmethod
-    def _min_images_policy(cls, policy: str) -> str:
-        return choice(policy, ("replace", "exclude"), "replace or exclude")
 
     @model_validator(mode="after")
     def _one_value_per_channel(self) -> DataConfig:

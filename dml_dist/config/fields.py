@@ -26,7 +26,16 @@ import types
 import typing
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 
 
@@ -116,11 +125,17 @@ class Section(BaseModel):
                 raise ValueError(error_line(err, type(self), type(self).path)) from None
 
 
-def choice(value: str, options: tuple[str, ...], expected: str) -> str:
-    """``value`` if it is one of ``options``; else ``ValueError``: expected ``expected``, got it."""
-    if value not in options:
-        raise ValueError(f"expected {expected}, got {value!r}")
-    return value
+def one_of(*options: str, expected: str = "") -> AfterValidator:
+    """A string field's choices (``Annotated[Str, one_of("group", "batch")]``): another value is
+    refused, expected ``group or batch`` (or ``expected``), got it."""
+    text = expected or f"{', '.join(options[:-1])} or {options[-1]}"
+
+    def check(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"expected {text}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -60,9 +60,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         raw = loaded or {}
     raw = apply_overrides(raw, overrides or [])
-    return ExperimentConfig(
-        **{str(key): value for key, value in raw.items()}
-    )  # every section validates itself as it is built
+    return ExperimentConfig(**raw)  # every section validates itself as it is built
 
 
 def with_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -125,5 +123,7 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
-def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+def _deep_copy(raw: dict[Any, Any]) -> dict[str, Any]:
+    """A copy of the mappings, keys as strings: a YAML key may be a number (``1: x``), an unknown
+    key then, not a ``TypeError`` in building a section from keywords."""
+    return {str(k): _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}

@@ -7,9 +7,11 @@ takes memory, and memory against the global batch, are checked by ``ExperimentCo
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Annotated
 
-from dml_dist.config.fields import Bool, Float, Int, Section, Str, choice
+from pydantic import Field
+
+from dml_dist.config.fields import Bool, Float, Int, Section, Str, one_of
 
 MINING_RULES = ("seed_neighbours", "greedy", "random", "partition")
 
@@ -25,7 +27,7 @@ class MiningConfig(Section):
 
     enabled: Bool = False
     """Run the mining service; false = random classes and no service."""
-    rule: Str = "seed_neighbours"
+    rule: Annotated[Str, one_of(*MINING_RULES, expected=f"one of {', '.join(MINING_RULES)}")] = "seed_neighbours"
     """Selection rule: ``seed_neighbours`` (random seed classes, each with neighbours sampled
     among its nearest), ``greedy`` (Sohn 2016: a chain of the hardest classes), ``random``, or
     ``partition`` (epochs over balanced clusters of the class centres: every class once per
@@ -83,11 +85,6 @@ class MiningConfig(Section):
     """A new kNN graph every this many steps, built in the background and used this many steps later."""
     save_every_steps: Int = Field(100, ge=0)
     """The service saves its state to the run directory every this many steps; 0 = only at checkpoints."""
-
-    @field_validator("rule")
-    @classmethod
-    def _rule(cls, rule: str) -> str:
-        return choice(rule, MINING_RULES, f"one of {', '.join(MINING_RULES)}")
 
 
 class MemoryConfig(Section):

@@ -6,7 +6,7 @@ print it).
 Only plain data lives here (numbers, strings, lists); runtime objects (Ray handles, engines)
 are passed to build steps, never stored in config. The sections are frozen: a change after
 loading is a validated copy (``loader.replaced``). Each section checks its own fields when it is
-built: ranges as field constraints, the allowed choices as field validators, rules between fields
+built: ranges as field constraints, the allowed choices as ``one_of``, rules between fields
 of the one section as a section validator. Rules that involve two sections are in
 ``ExperimentConfig`` (``schema.py``). The data sections are in ``data_sections.py``, the mining
 and cross-batch memory sections in ``mining_memory.py``, the loss section in ``loss_section.py``.
@@ -14,11 +14,11 @@ and cross-batch memory sections in ``mining_memory.py``, the loss section in ``l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from dml_dist.config.fields import Bool, Float, Int, NonNegativeInt, PositiveInt, Section, Str, choice, integer
+from dml_dist.config.fields import Bool, Float, Int, NonNegativeInt, PositiveInt, Section, Str, integer, one_of
 
 DEEPSPEED_OPTIMIZERS = ("adam", "adamw", "adagrad", "lamb", "lion")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
@@ -52,13 +52,13 @@ class ModelConfig(Section):
     ``drop_path_rate``, ...)."""
     channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128])
     """``small_cnn``: output channels of the conv stages (each stage halves the resolution)."""
-    norm: Str = "group"
+    norm: Annotated[Str, one_of("group", "batch")] = "group"
     """``small_cnn`` normalization: ``group`` (GroupNorm) or ``batch`` (batch norm over the global
     batch across ranks, exact under the all-gather; not with ``batch.chunk_size``)."""
     pool_grid: Int = Field(0, ge=0)
     """``small_cnn`` pooling: 0 = global average pooling; g > 0 = average-pool the last map to g x g
     and flatten it (keeps the spatial layout; Conv-4 uses 2)."""
-    batch_norm: Str = "global"
+    batch_norm: Annotated[Str, one_of("global", "frozen")] = "global"
     """timm backbones' BatchNorm layers: ``global`` (statistics of the global batch across ranks,
     exact under the all-gather; not with ``batch.chunk_size``) or ``frozen`` (stored statistics
     and affine as constants: the usual choice when fine-tuning pretrained weights)."""
@@ -88,16 +88,6 @@ class ModelConfig(Section):
         if not channels:
             raise ValueError(f"expected a non-empty list of positive ints, got {channels}")
         return channels
-
-    @field_validator("norm")
-    @classmethod
-    def _norm(cls, norm: str) -> str:
-        return choice(norm, ("group", "batch"), "group or batch")
-
-    @field_validator("batch_norm")
-    @classmethod
-    def _batch_norm(cls, batch_norm: str) -> str:
-        return choice(batch_norm, ("global", "frozen"), "global or frozen")
 
     @field_validator("backbone")
     @classmethod
@@ -136,7 +126,7 @@ class EngineConfig(Section):
     """Learning rate."""
     weight_decay: Float = Field(1e-4, ge=0)
     """Decoupled weight decay (AdamW) or L2 (others)."""
-    precision: Str = "auto"
+    precision: Annotated[Str, one_of("auto", "fp32", "bf16", "autocast")] = "auto"
     """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` (weights and activations), or
     ``autocast`` (fp32 weights and optimizer, the forward under bf16 autocast on GPU; fp32 on
     CPU): small fine-tuning updates survive in fp32 weights."""
@@ -145,11 +135,11 @@ class EngineConfig(Section):
     backbone_lr_mult: Float = Field(1.0, ge=0)
     """The backbone's learning rate as a multiple of ``lr`` (the head's, and a loss's own
     parameters'); e.g. 0.1 to fine-tune a pretrained backbone gently under a fresh head."""
-    lr_scaling: Str = "none"
+    lr_scaling: Annotated[Str, one_of("none", "linear", "sqrt")] = "none"
     """Scale ``lr`` with the batch: ``none``, ``linear`` (lr * N / lr_reference_classes) or ``sqrt``."""
     lr_reference_classes: Int = Field(320, gt=0)
     """The N at which ``lr`` was tuned (the reference of ``lr_scaling``)."""
-    schedule: Str = "constant"
+    schedule: Annotated[Str, one_of("constant", "warmup_cosine", "warmup_linear")] = "constant"
     """Learning-rate schedule over ``train.steps`` (DeepSpeed's schedulers): ``constant``,
     ``warmup_cosine`` (linear warm-up, then cosine down to ``min_lr_ratio`` x lr) or
     ``warmup_linear`` (linear warm-up, then linear decay to 0)."""
@@ -180,23 +170,6 @@ class EngineConfig(Section):
         if optimizer.lower() not in DEEPSPEED_OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(DEEPSPEED_OPTIMIZERS)}")
         return optimizer
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, schedule: str) -> str:
-        return choice(
-            schedule, ("constant", "warmup_cosine", "warmup_linear"), "constant, warmup_cosine or warmup_linear"
-        )
-
-    @field_validator("lr_scaling")
-    @classmethod
-    def _lr_scaling(cls, lr_scaling: str) -> str:
-        return choice(lr_scaling, ("none", "linear", "sqrt"), "none, linear or sqrt")
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, precision: str) -> str:
-        return choice(precision, ("auto", "fp32", "bf16", "autocast"), "auto, fp32, bf16 or autocast")
 
 
 class TrainConfig(Section):
@@ -236,7 +209,7 @@ class TrainConfig(Section):
     """Directory every node mounts (NFS, EFS, a ReadWriteMany volume): the run directory defaults to
     ``STORAGE/runs/NAME`` and generated data to ``STORAGE/data``; ``--storage`` and the
     ``DML_DIST_STORAGE`` environment variable set it too. null = the driver's working directory."""
-    placement: Str = "PACK"
+    placement: Annotated[Str, one_of(*PLACEMENTS, expected=f"one of {', '.join(PLACEMENTS)}")] = "PACK"
     """Ray placement of the workers: ``PACK`` (fill a node first), ``SPREAD`` (spread when
     possible) or ``STRICT_SPREAD`` (one worker per node)."""
 
@@ -244,11 +217,6 @@ class TrainConfig(Section):
         """Steps between checkpoints (0 = only at the end): ``checkpoint_every``, or a tenth of
         ``steps`` rounded up when it is null."""
         return self.checkpoint_every if self.checkpoint_every is not None else -(-self.steps // 10)
-
-    @field_validator("placement")
-    @classmethod
-    def _placement(cls, placement: str) -> str:
-        return choice(placement, PLACEMENTS, f"one of {', '.join(PLACEMENTS)}")
 
 
 PROTOCOLS: dict[str, list[int]] = {
