@@ -1,8 +1,8 @@
 """What a config holds: each field's one-line doc, the resolved config as YAML, its JSON Schema.
 
 The docs are the attribute docstrings of the sections (``sections.py``, ``data_sections.py``,
-``mining_memory.py``: the string literal under each field), which pydantic keeps as each field's
-description, so there is one place to write them.
+``mining_memory.py``, ``loss_section.py``: the string literal under each field), which pydantic
+keeps as each field's description, so there is one place to write them.
 
 ``show_config`` is ``dml-dist config show``: every section and field, set or default, each under
 a comment with its doc; the loss section lists the loss's unset hyperparameters as commented

@@ -119,6 +119,8 @@ class Section(BaseModel):
     if not typing.TYPE_CHECKING:  # hidden from mypy, which keeps checking the fields' keywords
 
         def __init__(self, **data: Any) -> None:
+            # pydantic builds a nested section through this too: its line reaches the outer
+            # section as a ``value_error`` at the section's place, passed on as it is.
             try:
                 super().__init__(**data)
             except ValidationError as err:
