@@ -49,7 +49,7 @@ def _timed(fn: Any) -> tuple[float, Any]:
 def training_step_seconds(repeats: int, batch: int = 640, image_size: int = 32) -> float:
     """Median fwd+bwd time of the quickstart's model and loss on one thread."""
     from dml_dist.losses import build_loss
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def training_step_seconds(repeats: int, batch: int = 640, image_size: int = 32) 
 
 def refresh_forward_seconds(repeats: int, images: int = 128, image_size: int = 32) -> float:
     """Median no-grad forward of a refresh pass's images (64 classes x 2) on one thread."""
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

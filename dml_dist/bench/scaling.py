@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from dml_dist.config import EngineConfig, ModelConfig
 from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
-from dml_dist.models import build_model
+from dml_dist.models.embedder import build_model
 from dml_dist.observability.logging import quiet_libraries
 from dml_dist.train.engine import build_engine
 from dml_dist.train.step import optimizer_step

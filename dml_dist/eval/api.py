@@ -95,7 +95,7 @@ def load_embedder(run_dir: str | Path, device: str | torch.device | None = None)
     ``device`` says otherwise)."""
     from dml_dist import run_files
     from dml_dist.config.loader import load_config, replaced
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
 
     root = Path(run_dir)
     config_path = root / run_files.CONFIG

@@ -1,5 +1,6 @@
-"""Embedding networks."""
+"""Embedding networks: ``embedder.py`` (``build_model``: an embedder from its config section),
+``timm_backbone.py`` (a timm backbone under the linear head), ``weights.py`` (first weights).
 
-from dml_dist.models.embedder import SmallConvEmbedder, build_model
-
-__all__ = ["SmallConvEmbedder", "build_model"]
+Nothing is imported here, so ``timm_backbone.py`` imports without the config package (and so
+without pydantic): ``bench gpu`` builds its embedders on machines that have only torch and timm.
+"""

@@ -26,8 +26,7 @@ from dml_dist.config import ModelConfig
 from dml_dist.config.loader import replaced
 from dml_dist.config.schema import ExperimentConfig
 from dml_dist.losses import build_loss
-from dml_dist.models import build_model
-from dml_dist.models.embedder import EmbedderWithLoss
+from dml_dist.models.embedder import EmbedderWithLoss, build_model
 from dml_dist.models.weights import HUB_PREFIX
 from dml_dist.train import node_copies
 

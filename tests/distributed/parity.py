@@ -16,7 +16,7 @@ from dml_dist.data.sampler import random_classes, rank_share
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
 from dml_dist.losses import build_loss
-from dml_dist.models import build_model
+from dml_dist.models.embedder import build_model
 from dml_dist.train.engine import build_engine
 from dml_dist.train.step import optimizer_step
 

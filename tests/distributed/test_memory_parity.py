@@ -124,7 +124,7 @@ def test_memory_loss_equals_the_single_process_loss_and_memory_is_identical(worl
 
 def _step_rank_main(rank: int, world: int, port: int, chunk_size: int, out: str) -> None:
     from dml_dist.config import EngineConfig, ModelConfig
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
     from dml_dist.train.engine import build_engine
     from dml_dist.train.step import optimizer_step
 

@@ -19,7 +19,7 @@ from dml_dist.data.datasets import resolve_data
 from dml_dist.data.images import decode_image
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.distributed import collectives
-from dml_dist.models import build_model
+from dml_dist.models.embedder import build_model
 from dml_dist.train.probe import probe_pairs, probe_violation_rate
 
 

@@ -37,8 +37,7 @@ def _freeze_rank_main(rank: int, world_size: int, port: int, out: str) -> None:
     from dml_dist.config import EngineConfig
     from dml_dist.distributed import collectives
     from dml_dist.losses import build_loss
-    from dml_dist.models import build_model
-    from dml_dist.models.embedder import EmbedderWithLoss
+    from dml_dist.models.embedder import EmbedderWithLoss, build_model
     from dml_dist.models.param_groups import frozen_backbone
     from dml_dist.train.engine import build_engine
     from dml_dist.train.step import optimizer_step

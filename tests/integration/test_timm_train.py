@@ -53,7 +53,7 @@ def test_init_from_a_finished_run_starts_from_its_embedder(
     resnet_run: Path, small_data: DataConfig, ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dml_dist.eval.api import load_embedder
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
 
     finished = load_embedder(resnet_run, device="cpu")
     config = finished.config
@@ -79,7 +79,7 @@ def test_vit_tiny_at_32_px_trains_in_one_process(small_data: DataConfig) -> None
     from dml_dist.data.sampler import random_classes
     from dml_dist.eval.heldout import evaluate_shards
     from dml_dist.losses import build_loss
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
 
     torch.manual_seed(0)
     root = procedural_root(small_data.procedural, Path(small_data.cache_dir))

@@ -34,21 +34,19 @@ class ModelSpec:
 
 
 def build_embedder(spec: ModelSpec, embedding_dim: int = EMBEDDING_DIM) -> nn.Module:
-    """The project's embedder of ``model.backbone: timm/NAME`` (``models/embedder.py``), random
-    init (timing needs no weights), batch norm ``frozen``: the fine-tuning setting, and the one
-    that every row can run (a global-batch BatchNorm does not go with gradient-cache chunks)."""
-    from dml_dist.config import ModelConfig
-    from dml_dist.models import build_model
+    """The project's embedder of ``model.backbone: timm/NAME`` (``models/timm_backbone.py``: the
+    backbone's pooled features under the linear head, timm's input mean and std), random init
+    (timing needs no weights), batch norm ``frozen``: the fine-tuning setting, and the one that
+    every row can run (a global-batch BatchNorm does not go with gradient-cache chunks). Built from
+    the timm parts, not through the config section, so it needs only torch and timm."""
+    from timm.data import resolve_data_config
+
+    from dml_dist.models.timm_backbone import TimmEmbedder, create_timm_model
 
     args = {} if spec.img_size is None else {"img_size": spec.img_size}
-    config = ModelConfig(
-        backbone=f"timm/{spec.name}",
-        backbone_args=args,
-        embedding_dim=embedding_dim,
-        in_channels=3,
-        batch_norm="frozen",
-    )
-    return build_model(config)
+    backbone = create_timm_model(f"timm/{spec.name}", 3, args)
+    timm_config = resolve_data_config({}, model=backbone)
+    return TimmEmbedder(backbone, embedding_dim, timm_config["mean"], timm_config["std"], batch_norm="frozen")
 
 
 def train_flops_per_sample(model: nn.Module, image_size: int, device: torch.device) -> float:

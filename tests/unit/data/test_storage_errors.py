@@ -27,7 +27,7 @@ from dml_dist.data.indexed_loader import ClassBatchLoader
 from dml_dist.data.shard_index import IndexedShards
 from dml_dist.data.stream_loader import StreamingClassLoader
 from dml_dist.eval.heldout import evaluate_shards
-from dml_dist.models import build_model
+from dml_dist.models.embedder import build_model
 from dml_dist.train.refresh import refresh_stale_classes
 
 

@@ -19,7 +19,7 @@ from dml_dist.config.loader import config_to_dict, load_config, save_config
 from dml_dist.eval.api import load_embedder
 from dml_dist.eval.embed import embed_shards_keyed
 from dml_dist.eval.gallery import write_gallery
-from dml_dist.models import build_model
+from dml_dist.models.embedder import build_model
 
 CLASSES = ["Greek/alpha", "Greek/beta", "Latin/character03"]
 

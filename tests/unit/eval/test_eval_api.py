@@ -19,7 +19,7 @@ from dml_dist.config.loader import config_to_dict, load_config, save_config
 from dml_dist.data.datasets import ensure_procedural
 from dml_dist.data.formats import write_dataset
 from dml_dist.eval.api import load_embedder
-from dml_dist.models import build_model
+from dml_dist.models.embedder import build_model
 from tests.conftest import REPO
 
 

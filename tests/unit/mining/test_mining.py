@@ -337,7 +337,7 @@ def test_refresh_embeds_and_publishes_stale_classes(small_data) -> None:  # type
     from dml_dist.data.bad_data import BadDataLog
     from dml_dist.data.datasets import resolve_data
     from dml_dist.data.shard_index import IndexedShards
-    from dml_dist.models import build_model
+    from dml_dist.models.embedder import build_model
     from dml_dist.train.refresh import refresh_stale_classes
 
     config = ExperimentConfig(data=small_data)

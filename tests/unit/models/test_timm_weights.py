@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from dml_dist.config import DataConfig, ModelConfig
-from dml_dist.models import build_model
-from dml_dist.models.embedder import EmbedderWithLoss
+from dml_dist.models.embedder import EmbedderWithLoss, build_model
 from dml_dist.models.param_groups import frozen_backbone, parameter_groups
 
 REPO = Path(__file__).resolve().parents[3]
@@ -101,7 +100,7 @@ def test_pretrained_true_reads_a_warm_hub_cache_offline(tmp_path: Path) -> None:
     save_file(source.state_dict(), str(repo / "snapshots" / revision / "model.safetensors"))
     torch.save(source.state_dict(), tmp_path / "expected.pt")
     code = (
-        "import torch; from dml_dist.config import ModelConfig; from dml_dist.models import build_model; "
+        "import torch; from dml_dist.config import ModelConfig; from dml_dist.models.embedder import build_model; "
         f"m = build_model(ModelConfig(backbone={RESNET!r}, in_channels=3, pretrained=True)); "
         f"e = torch.load({str(tmp_path / 'expected.pt')!r}); s = m.backbone.state_dict(); "
         "assert all(torch.equal(s[k], e[k]) for k in s), 'weights differ'; print('same weights')"
