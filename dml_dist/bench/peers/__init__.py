@@ -28,8 +28,8 @@ at 28 px), then a linear head to the config's embedding size). Then:
   same plain loop, with the config's optimizer settings (AdamW, ``engine.lr`` scaled as the
   engine scales it, ``engine.weight_decay``; no schedule). It does the arithmetic of a dml-dist
   step without the system, so it is the denominator of the overhead ratio;
-- "dml-dist": ``dml-dist train CONFIG`` through the real command line (``cli.main``: Ray Train
-  workers, DeepSpeed, gloo all-gather, the loader), ``train.workers`` workers of one CPU thread
+- "dml-dist": ``dml-dist train CONFIG`` through its driver (``train/launcher.py``'s
+  ``run_training``: Ray Train workers, DeepSpeed, gloo all-gather, the loader), ``train.workers`` workers of one CPU thread
   each; the plain loop runs with as many torch threads as dml-dist has workers (the same cores).
 
 Throughput: samples / second of training steps (data loading + forward + backward + optimizer
