@@ -20,6 +20,12 @@ passes on; an ASHA scheduler (Li et al. 2020) stops trials whose Recall@1 trails
 The held-out set a trial reports on is ``data.eval_shards``: point it at validation classes,
 never at the classes whose figures you report.
 
+The first trial is the base config itself wherever its values of the space's keys lie inside the
+space (``base_point``): a search then never ends below the config it started from, and its table
+says how far the sampled trials are from that start. A base value outside the space (a choice
+list without it, a range that excludes it) leaves the search purely random, and the command says
+which key.
+
 Outputs in ``OUT`` (default ``STORAGE/tune/NAME`` or ``runs/tune-NAME``): one run directory per
 trial, ``results.json`` and ``results.md`` (one row per trial: sampled values, last step, loss,
 Recall@1, stopped early or not) and ``best.yaml``, the best trial's full config, which
@@ -34,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from dml_dist.config.loader import save_config, with_overrides
+from dml_dist.config.loader import config_to_dict, save_config, with_overrides
 from dml_dist.config.schema import ExperimentConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
@@ -91,6 +97,32 @@ def check_space(base: ExperimentConfig, space: dict[str, dict[str, Any]]) -> Non
         raise ValueError(f"--space: a sample of the space is not a valid config: {err}") from err
 
 
+def base_point(base: ExperimentConfig, space: dict[str, dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """The base config's own values of the space's keys, or ``(None, key)`` for the first key whose
+    value lies outside its distribution (a choice list, ``[low, high]``, randint's ``[low, high)``)."""
+    values = config_to_dict(base)
+    point: dict[str, Any] = {}
+    for key, spec in space.items():
+        value: Any = values
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not _inside(value, spec):
+            return None, key
+        point[key] = value
+    return point, ""
+
+
+def _inside(value: Any, spec: dict[str, Any]) -> bool:
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return any(value == option and type(value) is type(option) for option in args)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    if kind == "randint":
+        return isinstance(value, int) and args[0] <= value < args[1]
+    return bool(args[0] <= value <= args[1])
+
+
 def _first_value(spec: dict[str, Any]) -> Any:
     kind, args = next(iter(spec.items()))
     if kind == "choice":
@@ -115,11 +147,15 @@ def run_tune(
     """Run the search on ``base``; write ``results.json``, ``results.md`` and ``best.yaml`` into ``out``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     from dml_dist.train.launcher import _worker_resources, init_ray
 
     space = load_space(space_path)
     check_space(base, space)
+    start, outside = base_point(base, space)
+    if start is None:
+        print(f"tune: the base config's {outside} is outside the space: no trial starts from the base config")
     if trials <= 0:
         raise ValueError(f"--trials: expected a positive number, got {trials}")
     out = out.absolute()
@@ -148,13 +184,18 @@ def run_tune(
         tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU}),  # the trial's Train workers hold the CPUs
         param_space=ray_space(space),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", num_samples=trials, scheduler=scheduler, max_concurrent_trials=concurrent
+            metric=METRIC,
+            mode="max",
+            num_samples=trials,  # the base point counts as one of them
+            scheduler=scheduler,
+            max_concurrent_trials=concurrent,
+            search_alg=BasicVariantGenerator(points_to_evaluate=[start] if start else None),
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray")),
     )
     grid = tuner.fit()
     results = [grid[i] for i in range(len(grid))]
-    rows = _rows(results, base.train.steps, list(space))
+    rows = _rows(results, base.train.steps, list(space), start)
     if not any(row[METRIC] is not None for row in rows):
         errors = [str(r.error) for r in results if r.error is not None]
         raise RuntimeError(f"tune: no trial reported {METRIC}: {errors[:1]}")
@@ -165,7 +206,7 @@ def run_tune(
     return {"trials": rows, "best": best, "out": str(out)}
 
 
-def _rows(results: list[Any], steps: int, keys: list[str]) -> list[dict[str, Any]]:
+def _rows(results: list[Any], steps: int, keys: list[str], start: dict[str, Any] | None) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -178,6 +219,7 @@ def _rows(results: list[Any], steps: int, keys: list[str]) -> list[dict[str, Any
                 "loss": metrics.get("loss"),
                 METRIC: metrics.get(METRIC),
                 "stopped_early": last is not None and last < steps,
+                "base_config": params == start,
                 "error": None if result.error is None else str(result.error).splitlines()[0],
             }
         )
@@ -187,11 +229,12 @@ def _rows(results: list[Any], steps: int, keys: list[str]) -> list[dict[str, Any
 def results_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     """One markdown row per trial, best Recall@1 first."""
     ordered = sorted(rows, key=lambda r: -1.0 if r[METRIC] is None else r[METRIC], reverse=True)
-    head = [*keys, "steps", "loss", "R@1", "stopped early"]
+    head = [*keys, "steps", "loss", "R@1", "stopped early", "base config"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in ordered:
         cells = [_cell(row["params"][k]) for k in keys]
         cells += [str(row["step"]), _cell(row["loss"]), _cell(row[METRIC]), "yes" if row["stopped_early"] else "no"]
+        cells.append("yes" if row.get("base_config") else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

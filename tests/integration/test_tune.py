@@ -11,6 +11,7 @@ import pytest
 from dml_dist.cli import main
 from dml_dist.config import DataConfig
 from dml_dist.config.loader import load_config
+from dml_dist.tune import base_point
 from tests.conftest import REPO, set_args, small_data_settings
 
 
@@ -45,7 +46,9 @@ def test_a_tiny_search_writes_results_and_a_trainable_best_config(
     args += ["--steps", "8", "--grace-steps", "4", "--out", str(out), *set_args({**_settings(small_data), **relative})]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert len(results["trials"]) == 2
+    assert len(results["trials"]) == 2  # the base config's point is one of them
+    (start,) = [t for t in results["trials"] if t["base_config"]]
+    assert start["params"] == {"engine.lr": 0.002, "loss.temperature": 0.1}  # quickstart.yaml's own values
     assert all(0 < t["recall@1"] <= 1 and t["step"] in (4, 6, 8) for t in results["trials"]), results
     best = load_config(out / "best.yaml")
     assert best.engine.lr == pytest.approx(results["best"]["params"]["engine.lr"])
@@ -54,6 +57,15 @@ def test_a_tiny_search_writes_results_and_a_trainable_best_config(
     assert best.data.train_shards == str(train)
     assert "| engine.lr | loss.temperature |" in capsys.readouterr().out
     assert len(list(out.glob("trial-*/eval.json"))) == 2
+
+
+def test_the_base_point_is_the_configs_own_values_when_they_lie_in_the_space() -> None:
+    base = load_config(REPO / "configs" / "quickstart.yaml")  # lr 0.002, temperature 0.1, N 320
+    inside = {"engine.lr": {"loguniform": [1e-3, 4e-3]}, "loss.temperature": {"choice": [0.05, 0.1]}}
+    assert base_point(base, inside) == ({"engine.lr": 0.002, "loss.temperature": 0.1}, "")
+    assert base_point(base, {**inside, "batch.num_classes": {"randint": [16, 320]}}) == (None, "batch.num_classes")
+    assert base_point(base, {"engine.lr": {"uniform": [3e-3, 4e-3]}}) == (None, "engine.lr")
+    assert base_point(base, {"loss.temperature": {"choice": [0.05]}}) == (None, "loss.temperature")
 
 
 @pytest.mark.parametrize(
