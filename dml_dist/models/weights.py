@@ -16,7 +16,11 @@
   (``train/model_sources.py``).
 - ``model.init_from: RUN_DIR`` (``load_run_weights``): the whole embedder (backbone and head) of
   that run's ``embedder.pt``; a head of another shape (another ``embedding_dim``) keeps its fresh
-  initialization, with a warning.
+  initialization, with a warning. A run on other input channels (grayscale weights for RGB
+  images, or the reverse) has its first convolution adapted as timm adapts a pretrained stem
+  (``adapt_input_conv``), for C stored and C' wanted channels: W'[:, c] = W[:, c mod C] * C / C'
+  where C divides C' (grayscale to RGB), else W'[:, c] = sum_k W[:, k] / C' (RGB to grayscale).
+  Either way an image whose channels are all equal meets the filter responses it met before.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ def load_run_weights(model: nn.Module, run_dir: str) -> None:
     state: dict[str, torch.Tensor] = torch.load(file, map_location="cpu", weights_only=True)["model"]
     expected = model.state_dict()
     counted = {k for k in expected if not k.endswith("num_batches_tracked")}
+    state = _adapt_input_conv(state, expected, file)
     reshaped = sorted(k for k in counted & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     fresh_head = [k for k in reshaped if k.startswith("head.")]
     missing = sorted(counted - set(state))
@@ -148,3 +153,30 @@ def load_run_weights(model: nn.Module, run_dir: str) -> None:
             stacklevel=2,
         )
     model.load_state_dict({k: state[k] for k in counted if k not in fresh_head}, strict=False)
+
+
+def _adapt_input_conv(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], file: Path
+) -> dict[str, torch.Tensor]:
+    """``state`` with its first convolution ([O, C, k, k]) tiled to the model's [O, C', k, k]."""
+    first = next((k for k, v in expected.items() if v.ndim == 4), None)
+    if first is None or first not in state:
+        return state
+    old, new = state[first], expected[first]
+    if (
+        old.ndim != 4
+        or old.shape[1] == new.shape[1]
+        or (old.shape[0], *old.shape[2:]) != (new.shape[0], *new.shape[2:])
+    ):
+        return state
+    stored, wanted = old.shape[1], new.shape[1]
+    if wanted % stored == 0:
+        adapted = old.repeat(1, wanted // stored, 1, 1) * (stored / wanted)
+    else:
+        adapted = old.sum(1, keepdim=True).repeat(1, wanted, 1, 1) / wanted
+    warnings.warn(
+        f"model.init_from: {file} was trained on {stored} input channel(s); its first convolution "
+        f"({first}) is adapted to {wanted}",
+        stacklevel=3,
+    )
+    return {**state, first: adapted}

@@ -166,3 +166,22 @@ def test_a_frozen_backbone_step_changes_only_the_head() -> None:
         assert unchanged == frozen
         assert not torch.equal(module.embedder.head.weight, head_before)
         assert [g["lr"] for g in optimizer.param_groups] == [1e-2] * len(optimizer.param_groups)
+
+
+@pytest.mark.parametrize(("stored", "wanted"), [(1, 3), (3, 1)])
+def test_init_from_another_channel_count_adapts_the_first_convolution(stored: int, wanted: int, tmp_path: Path) -> None:
+    """Grayscale weights for RGB images (and the reverse): an image whose channels are all equal
+    gets the embedding that the earlier network gave it."""
+    from dml_dist import run_files
+
+    torch.manual_seed(0)
+    shape = {"channels": [8, 8], "embedding_dim": 4, "norm": "batch", "pool_grid": 2}
+    earlier = build_model(ModelConfig(**shape, in_channels=stored)).eval()
+    run_files.save_embedder(tmp_path / run_files.EMBEDDER, earlier, {}, step=5)
+    with pytest.warns(UserWarning, match=rf"trained on {stored} input channel.*adapted to {wanted}"):
+        model = build_model(ModelConfig(**shape, in_channels=wanted, init_from=str(tmp_path))).eval()
+    gray = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(
+            model(gray.expand(-1, wanted, -1, -1)), earlier(gray.expand(-1, stored, -1, -1)), atol=1e-5
+        )
