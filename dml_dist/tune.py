@@ -234,7 +234,7 @@ def results_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     for row in ordered:
         cells = [_cell(row["params"][k]) for k in keys]
         cells += [str(row["step"]), _cell(row["loss"]), _cell(row[METRIC]), "yes" if row["stopped_early"] else "no"]
-        cells.append("yes" if row.get("base_config") else "")
+        cells.append("yes" if row["base_config"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -158,7 +158,9 @@ def load_run_weights(model: nn.Module, run_dir: str) -> None:
 def _adapt_input_conv(
     state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], file: Path
 ) -> dict[str, torch.Tensor]:
-    """``state`` with its first convolution ([O, C, k, k]) tiled to the model's [O, C', k, k]."""
+    """``state`` with its first convolution ([O, C, k, k]) adapted to the model's [O, C', k, k]
+    (module doc). Not timm's ``adapt_input_conv``: that one assumes 3 stored channels, so it
+    leaves a grayscale run's [O, 1, k, k] as it is for C' = 3."""
     first = next((k for k, v in expected.items() if v.ndim == 4), None)
     if first is None or first not in state:
         return state
